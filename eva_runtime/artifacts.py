@@ -1,0 +1,158 @@
+"""The run directory: where each step's outputs live and how a step is known to be complete.
+
+Layout: ``<run-dir>/prepare/`` once, then ``<run-dir>/iter-<t>/<step>/`` per iteration.
+A step (or one shard of a sharded step) is complete only when its ``_SUCCESS.json``
+exists. Every file is written under a temporary name and renamed into place, and the
+marker is written last, so a killed step never leaves a file that looks whole. Running a
+complete step again does nothing; an incomplete one is wiped and starts clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from eva_runtime.errors import StepError
+
+SUCCESS = "_SUCCESS.json"
+STEPS = ("generate", "create", "generate-evolved", "train", "evaluate")
+PREPARE = "prepare"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> str:
+    """Write atomically; return the file's sha256 (the artifact digest)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    frame.to_parquet(tmp, index=False, compression="zstd")
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+class StepDir:
+    """One step's folder (or one shard's): begin, write outputs, finish."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._started = time.time()
+
+    @property
+    def marker(self) -> Path:
+        return self.path / SUCCESS
+
+    def complete(self) -> bool:
+        return self.marker.exists()
+
+    def summary(self) -> dict[str, Any]:
+        if not self.complete():
+            raise StepError(f"{self.path}: step is not complete (no {SUCCESS})")
+        return read_json(self.marker)
+
+    def begin(self) -> bool:
+        """True if the step must run (folder wiped clean); False if already complete."""
+        if self.complete():
+            return False
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True)
+        self._started = time.time()
+        return True
+
+    def finish(self, counts: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        digests = {
+            str(p.relative_to(self.path)): sha256_file(p)
+            for p in sorted(self.path.rglob("*"))
+            if p.is_file() and p.name != SUCCESS and not p.name.startswith(".")
+        }
+        summary = {
+            "counts": counts,
+            "digests": digests,
+            "timings": {"started": self._started, "seconds": round(time.time() - self._started, 3)},
+            **extra,
+        }
+        atomic_write_json(self.marker, summary)
+        return summary
+
+
+class RunDir:
+    """Paths of one run's artifacts; no I/O beyond existence checks."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def prepare(self) -> StepDir:
+        return StepDir(self.path / PREPARE)
+
+    def step(self, iteration: int, step: str) -> StepDir:
+        if step not in STEPS:
+            raise ValueError(f"unknown step {step!r}; one of {', '.join(STEPS)}")
+        return StepDir(self.path / f"iter-{iteration}" / step)
+
+    def shard(self, iteration: int, step: str, shard: int, num_shards: int) -> StepDir:
+        return StepDir(self.step(iteration, step).path / f"shard-{shard:05d}-of-{num_shards:05d}")
+
+    def shards_complete(self, iteration: int, step: str, num_shards: int) -> bool:
+        return all(self.shard(iteration, step, i, num_shards).complete() for i in range(num_shards))
+
+    def policy(self, iteration: int, base: str) -> str:
+        """The policy that iteration ``iteration`` starts from."""
+        if iteration == 0:
+            return base
+        model = self.step(iteration - 1, "train").path / "model"
+        if not (model / "config.json").exists():
+            raise StepError(
+                f"{model}: the policy of iteration {iteration} is missing; "
+                f"run the train step of iteration {iteration - 1} first"
+            )
+        return str(model)
+
+    def require(self, step: StepDir, what: str) -> dict[str, Any]:
+        if not step.complete():
+            raise StepError(f"{step.path}: {what} is not complete; run it first")
+        return step.summary()
+
+
+@contextlib.contextmanager
+def step_lock(path: Path) -> Iterator[None]:
+    """An advisory lock so two local processes never run the same step at once."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StepError(f"{path}: another process is running this step") from None
+        yield

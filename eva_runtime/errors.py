@@ -1,0 +1,15 @@
+"""Errors a user can meet: each says what was wrong and where, and prints without a traceback."""
+
+from __future__ import annotations
+
+
+class EvaError(Exception):
+    """Base of every user-facing error; the CLI prints its message and exits with code 2."""
+
+
+class InputError(EvaError, ValueError):
+    """A bad input file or value: the message names the file and line, or the prompt id."""
+
+
+class StepError(EvaError):
+    """A step cannot run: a missing upstream step, an inconsistent run directory."""

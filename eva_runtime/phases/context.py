@@ -1,0 +1,277 @@
+"""What every step needs from the spec: seeds, prompt sets, rollouts, backends.
+
+The backends are built here from the spec so the steps themselves stay about the
+algorithm. Heavy libraries are imported inside the backends, never at module import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from eva_runtime.artifacts import RunDir, StepDir
+from eva_runtime.errors import StepError
+from eva_runtime.spec import EvaRun, OpenAIEndpoint
+
+ROLLOUT_COLUMNS = (
+    "order",
+    "prompt_id",
+    "prompt",
+    "sample",
+    "response",
+    "finish_reason",
+    "num_tokens",
+    "reward",
+)
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A seed for one random choice, derived from the run's seed and where it is made."""
+    key = ":".join([str(seed), *map(str, parts)]).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class Context:
+    run: EvaRun
+    run_dir: RunDir
+
+    @property
+    def spec(self):  # noqa: ANN201 - EvaRunSpec
+        return self.run.spec
+
+    # ------------------------------------------------------------------ prompts
+
+    def prompt_set(self, iteration: int) -> pd.DataFrame:
+        """X_t: the prompts that iteration ``iteration`` generates on."""
+        prep = self.run_dir.prepare()
+        self.run_dir.require(prep, "the prepare step")
+        if iteration == 0 or not self.spec.creator.enabled:
+            return pd.read_parquet(prep.path / "train.parquet")
+        create = self.run_dir.step(iteration - 1, "create")
+        self.run_dir.require(create, f"the create step of iteration {iteration - 1}")
+        return pd.read_parquet(create.path / "mixed.parquet")
+
+    def evolved_set(self, iteration: int) -> pd.DataFrame:
+        create = self.run_dir.step(iteration, "create")
+        self.run_dir.require(create, f"the create step of iteration {iteration}")
+        return pd.read_parquet(create.path / "evolved.parquet")
+
+    def heldout(self) -> pd.DataFrame:
+        prep = self.run_dir.prepare()
+        self.run_dir.require(prep, "the prepare step")
+        return pd.read_parquet(prep.path / "heldout.parquet")
+
+    # ------------------------------------------------------------------ rollouts
+
+    def rollouts(self, iteration: int, step: str) -> pd.DataFrame:
+        """All shards of a generation step, in prompt order."""
+        sd = self.run_dir.step(iteration, step)
+        summary = self.run_dir.require(sd, f"the {step} step of iteration {iteration}")
+        num_shards = int(summary["num_shards"])
+        frames = [
+            pd.read_parquet(self.run_dir.shard(iteration, step, i, num_shards).path / "rollouts.parquet")
+            for i in range(num_shards)
+        ]
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            return pd.DataFrame({c: [] for c in ROLLOUT_COLUMNS})
+        out = pd.concat(frames, ignore_index=True)
+        return out.sort_values(["order", "sample"], kind="stable").reset_index(drop=True)
+
+    # ------------------------------------------------------------------ models
+
+    def policy_path(self, iteration: int) -> str:
+        from eva_runtime.models import resolve_model
+
+        base = self.run_dir.policy(iteration, self.spec.policy.model)
+        if iteration == 0:
+            return resolve_model(base, trust_remote_code=self.spec.policy.trust_remote_code)
+        return base
+
+    def _endpoint_key(self, ep: OpenAIEndpoint) -> str | None:
+        if ep.api_key_env is None:
+            return None
+        key = os.environ.get(ep.api_key_env)
+        if key is None:
+            raise StepError(
+                f"environment variable {ep.api_key_env} is not set "
+                "(named by an endpoint's apiKeyEnv in the spec)"
+            )
+        return key
+
+    def local_backend(self) -> str:
+        backend = self.spec.generation.backend
+        if backend in ("transformers", "vllm"):
+            return backend
+        if backend == "auto":
+            import importlib.util
+
+            import torch
+
+            if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
+                return "vllm"
+        return "transformers"
+
+    def policy_generator(self, model_path: str, iteration: int) -> Any:
+        from eva_runtime.backends.generation import make_generator
+
+        gen = self.spec.generation
+        if gen.backend == "openai":
+            assert gen.endpoint is not None
+            # The server must serve the current policy: at iteration 0 the endpoint's model,
+            # later the path of the previous policy (a server that sees the run's storage).
+            name = gen.endpoint.model if iteration == 0 else model_path
+            return make_generator(
+                "openai",
+                name,
+                base_url=gen.endpoint.base_url,
+                api_key=self._endpoint_key(gen.endpoint),
+                batch_size=gen.batch_size,
+            )
+        return make_generator(
+            self.local_backend(),
+            model_path,
+            batch_size=gen.batch_size,
+            trust_remote_code=self.spec.policy.trust_remote_code,
+            dtype=self.spec.policy.dtype,
+        )
+
+    def evolver_generator(self, policy_path: str, iteration: int) -> Any:
+        from eva_runtime.backends.generation import make_generator
+        from eva_runtime.models import resolve_model
+
+        ev = self.spec.creator.evolve.evolver
+        if ev.type == "policy":
+            return self.policy_generator(policy_path, iteration)
+        if ev.type == "openai":
+            assert ev.endpoint is not None
+            return make_generator(
+                "openai",
+                ev.endpoint.model,
+                base_url=ev.endpoint.base_url,
+                api_key=self._endpoint_key(ev.endpoint),
+                batch_size=self.spec.generation.batch_size,
+            )
+        assert ev.model is not None
+        return make_generator(
+            self.local_backend(),
+            resolve_model(ev.model),
+            batch_size=self.spec.generation.batch_size,
+        )
+
+    def reward_model(self) -> Any:
+        from eva_runtime.backends.generation import make_generator
+        from eva_runtime.backends.reward import make_reward_model
+        from eva_runtime.models import resolve_model
+
+        rm = self.spec.reward_model
+        judge = None
+        model = rm.model
+        if rm.type == "judge":
+            if rm.judge_endpoint is not None:
+                judge = make_generator(
+                    "openai",
+                    rm.judge_endpoint.model,
+                    base_url=rm.judge_endpoint.base_url,
+                    api_key=self._endpoint_key(rm.judge_endpoint),
+                )
+            else:
+                assert model is not None
+                judge = make_generator(self.local_backend(), resolve_model(model))
+        elif model is not None:
+            model = resolve_model(model, trust_remote_code=rm.trust_remote_code)
+        return make_reward_model(
+            rm.type,
+            model=model,
+            function=rm.function,
+            trust_remote_code=rm.trust_remote_code,
+            batch_size=rm.batch_size,
+            max_length=rm.max_length,
+            judge_generator=judge,
+        )
+
+
+def reward_matrix(rollouts: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(prompt ids in order, rewards (P, n), valid-for-pairing mask (P, n)) from rollouts.
+
+    Prompts must all have the same number of samples: that is what generation writes.
+    """
+    if rollouts.empty:
+        return [], np.zeros((0, 0)), np.zeros((0, 0), dtype=bool)
+    ids = list(dict.fromkeys(rollouts["prompt_id"]))
+    n = int(rollouts["sample"].max()) + 1
+    if len(rollouts) != len(ids) * n:
+        raise StepError(
+            f"rollouts have {len(rollouts)} rows for {len(ids)} prompts x {n} samples; "
+            "a shard is inconsistent: delete the step folder and run it again"
+        )
+    rewards = rollouts["reward"].to_numpy(dtype=np.float64).reshape(len(ids), n)
+    stop = (rollouts["finish_reason"] != "length").to_numpy().reshape(len(ids), n)
+    return ids, rewards, stop
+
+
+def finalize_sharded(run_dir: RunDir, iteration: int, step: str, num_shards: int) -> dict | None:
+    """Write the step's marker once every shard is complete (any shard may do it)."""
+    if not run_dir.shards_complete(iteration, step, num_shards):
+        return None
+    sd = run_dir.step(iteration, step)
+    shards = [run_dir.shard(iteration, step, i, num_shards).summary() for i in range(num_shards)]
+    counts: dict[str, Any] = {}
+    for s in shards:
+        if not s["counts"].get("responses"):
+            continue  # an empty shard has no reward extremes to merge
+        for k, v in s["counts"].items():
+            if k == "reward_max":
+                counts[k] = max(counts.get(k, v), v)
+            elif k == "reward_min":
+                counts[k] = min(counts.get(k, v), v)
+            elif isinstance(v, int | float) and not isinstance(v, bool):
+                counts[k] = counts.get(k, 0) + v
+    for k in ("prompts", "responses", "truncated", "tokens"):
+        counts[k] = sum(s["counts"].get(k, 0) for s in shards)
+    responses = counts.get("responses", 0)
+    prompts = counts.get("prompts", 0)
+    if responses:
+        counts["reward_mean"] = (
+            sum(s["counts"].get("reward_mean", 0.0) * s["counts"].get("responses", 0) for s in shards)
+            / responses
+        )
+    if prompts:
+        counts["reward_gap_mean"] = (
+            sum(s["counts"].get("reward_gap_mean", 0.0) * s["counts"].get("prompts", 0) for s in shards)
+            / prompts
+        )
+    digests = {
+        f"shard-{i:05d}-of-{num_shards:05d}/{name}": d
+        for i, s in enumerate(shards)
+        for name, d in s["digests"].items()
+    }
+    summary = {
+        "counts": counts,
+        "digests": digests,
+        "num_shards": num_shards,
+        "timings": {"seconds": round(sum(s["timings"]["seconds"] for s in shards), 3)},
+    }
+    from eva_runtime.artifacts import atomic_write_json
+
+    atomic_write_json(StepDir(sd.path).marker, summary)
+    return summary
+
+
+def quantiles(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {}
+    qs = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return {f"q{int(q * 100)}": float(v) for q, v in zip((0.0, 0.25, 0.5, 0.75, 1.0), qs, strict=True)}
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,123 @@
+"""generate / generate-evolved: n scored responses per prompt from the current policy.
+
+The prompt set is split over ``num_shards`` workers (prompt i goes to shard i mod N); each
+shard writes its own folder and marker, and whichever shard completes the set writes
+the step's marker. Randomness is derived from the run seed, iteration, step and shard,
+so a shard run twice writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from eva_runtime.artifacts import write_parquet
+from eva_runtime.errors import StepError
+from eva_runtime.phases.context import ROLLOUT_COLUMNS, Context, derive_seed, finalize_sharded
+from eva_runtime.progress import note, task
+
+
+def _sampling(ctx: Context, seed: int):  # noqa: ANN202
+    from eva_runtime.backends.generation import SamplingParams
+
+    g = ctx.spec.generation
+    return SamplingParams(
+        n=g.samples_per_prompt,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        max_new_tokens=g.max_new_tokens,
+        seed=seed,
+    )
+
+
+def generate_and_score(
+    ctx: Context,
+    prompts: pd.DataFrame,
+    *,
+    model_path: str,
+    iteration: int,
+    params,  # noqa: ANN001 - SamplingParams
+    label: str,
+    reward_model=None,  # noqa: ANN001
+) -> pd.DataFrame:
+    """Responses and rewards for ``prompts`` as a long table (one row per response)."""
+    if prompts.empty:
+        return pd.DataFrame({c: [] for c in ROLLOUT_COLUMNS})
+    texts = prompts["prompt"].tolist()
+    generator = ctx.policy_generator(model_path, iteration)
+    try:
+        with task(f"{label}: generating", len(texts)) as advance:
+            completions = generator.generate(
+                texts, params, system=ctx.spec.generation.system_prompt, on_progress=advance
+            )
+    finally:
+        generator.close()
+    rows = []
+    for order, (pid, prompt, outs) in enumerate(
+        zip(prompts["prompt_id"], texts, completions, strict=True)
+    ):
+        for j, c in enumerate(outs):
+            rows.append((order, pid, prompt, j, c.text, c.finish_reason, c.num_tokens))
+    frame = pd.DataFrame(rows, columns=list(ROLLOUT_COLUMNS[:-1]))
+    own = reward_model is None
+    rm = ctx.reward_model() if own else reward_model
+    try:
+        with task(f"{label}: scoring", len(frame)) as advance:
+            scores = rm.score(frame["prompt"].tolist(), frame["response"].tolist(), on_progress=advance)
+    finally:
+        if own:
+            rm.close()
+    scores = np.asarray(scores, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        r = frame.iloc[int(bad[0])]
+        raise StepError(
+            f"reward model gave {scores[bad[0]]!r} for prompt {r['prompt_id']!r} "
+            f"(sample {r['sample']}); rewards must be finite"
+        )
+    return frame.assign(reward=scores)
+
+
+def run_generate(
+    ctx: Context, iteration: int, step: str = "generate", shard: int = 0, num_shards: int = 1
+) -> dict:
+    if step not in ("generate", "generate-evolved"):
+        raise ValueError(step)
+    if not (0 <= shard < num_shards):
+        raise StepError(f"--shard {shard} is outside 0..{num_shards - 1}")
+    rd = ctx.run_dir
+    sd = rd.shard(iteration, step, shard, num_shards)
+    if sd.begin():
+        prompts = ctx.prompt_set(iteration) if step == "generate" else ctx.evolved_set(iteration)
+        mine = prompts.iloc[shard::num_shards]
+        label = f"iter {iteration} {step}" + (f" [{shard + 1}/{num_shards}]" if num_shards > 1 else "")
+        if mine.empty:
+            note(f"{label}: no prompts in this shard")
+            frame = pd.DataFrame({c: [] for c in ROLLOUT_COLUMNS})
+        else:
+            policy = ctx.policy_path(iteration)
+            params = _sampling(ctx, derive_seed(ctx.spec.seed, iteration, step, shard))
+            frame = generate_and_score(
+                ctx, mine, model_path=policy, iteration=iteration, params=params, label=label
+            )
+            # Keep the position in the whole set, so shards merge back in prompt order.
+            frame["order"] = mine.index.to_numpy()[frame["order"].to_numpy()]
+        write_parquet(sd.path / "rollouts.parquet", frame)
+        rewards = frame["reward"].to_numpy(dtype=np.float64)
+        gaps = frame.groupby("prompt_id", sort=False)["reward"].agg(lambda s: s.max() - s.min())
+        sd.finish(
+            {
+                "prompts": int(len(mine)),
+                "responses": int(len(frame)),
+                "truncated": int((frame["finish_reason"] == "length").sum()),
+                "tokens": int(frame["num_tokens"].sum()) if len(frame) else 0,
+                "reward_mean": float(rewards.mean()) if rewards.size else 0.0,
+                "reward_max": float(rewards.max()) if rewards.size else 0.0,
+                "reward_min": float(rewards.min()) if rewards.size else 0.0,
+                "reward_gap_mean": float(gaps.mean()) if len(gaps) else 0.0,
+            },
+            shard=shard,
+            num_shards=num_shards,
+        )
+    summary = finalize_sharded(rd, iteration, step, num_shards)
+    return summary if summary is not None else sd.summary()

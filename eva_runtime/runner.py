@@ -1,0 +1,180 @@
+"""The local runner: every step of every iteration in order, on this machine.
+
+A step that is complete is skipped, so running again after Ctrl-C or a kill continues
+from the last complete step. Before any work starts the runner checks that what the
+spec names is reachable from here (prompt file, models, reward function), so a typo
+fails in a second, not after an hour of generation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eva_runtime.artifacts import RunDir
+from eva_runtime.errors import EvaError, InputError
+from eva_runtime.phases import Context, run_phase, steps_for
+from eva_runtime.progress import console, note
+from eva_runtime.spec import EvaRun
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    rows: list[dict[str, Any]]
+
+
+def run_dir_for(run: EvaRun, workdir: str | Path | None) -> Path:
+    root = workdir or run.spec.storage.uri or "eva-runs"
+    root = str(root)
+    if "://" in root and not root.startswith("file://"):
+        raise InputError(
+            f"storage.uri {root!r}: the local runner writes to a local folder; "
+            "pass --workdir or use a path"
+        )
+    return Path(root.removeprefix("file://")) / run.namespace / run.name
+
+
+def preflight(run: EvaRun) -> None:
+    """Fail fast on what this machine cannot reach; load nothing heavy."""
+    from eva_runtime.models import check_model_reachable
+
+    s = run.spec
+    problems: list[str] = []
+    src = s.prompts.source
+    if "://" not in src and not Path(src).exists():
+        problems.append(f"spec.prompts.source: {src} not found")
+    for field, ref in (
+        ("spec.policy.model", s.policy.model),
+        ("spec.rewardModel.model", s.reward_model.model),
+        ("spec.creator.evolve.evolver.model", s.creator.evolve.evolver.model),
+    ):
+        if ref:
+            try:
+                check_model_reachable(ref)
+            except ValueError as exc:
+                problems.append(f"{field}: {exc}")
+    if s.reward_model.type == "python" and s.reward_model.function:
+        module, _, attr = s.reward_model.function.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            problems.append(f"spec.rewardModel.function: cannot import {module!r} ({exc})")
+        else:
+            if not callable(getattr(mod, attr, None)):
+                problems.append(f"spec.rewardModel.function: {module!r} has no function {attr!r}")
+    if s.generation.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        problems.append("spec.generation.backend: vllm is not installed (pip install '.[gpu]')")
+    for ep_field, ep in (
+        ("spec.generation.endpoint", s.generation.endpoint),
+        ("spec.creator.evolve.evolver.endpoint", s.creator.evolve.evolver.endpoint),
+        ("spec.rewardModel.judgeEndpoint", s.reward_model.judge_endpoint),
+    ):
+        if ep is not None and ep.api_key_env and ep.api_key_env not in os.environ:
+            problems.append(f"{ep_field}.apiKeyEnv: environment variable {ep.api_key_env} is not set")
+    if problems:
+        raise EvaError("cannot start the run:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def run_all(run: EvaRun, workdir: str | Path | None = None, *, check: bool = True) -> RunResult:
+    if check:
+        preflight(run)
+    path = run_dir_for(run, workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "evarun.yaml").write_text(_manifest(run))
+    ctx = Context(run=run, run_dir=RunDir(path))
+    note(f"eva run {run.namespace}/{run.name}: {run.spec.iterations} iterations in {path}")
+    run_phase(ctx, "prepare")
+    for t in range(run.spec.iterations):
+        for step in steps_for(run.spec.creator.enabled):
+            sd = ctx.run_dir.step(t, step)
+            if sd.complete():
+                continue
+            if step.startswith("generate"):
+                n = run.spec.generation.shards
+                for i in range(n):
+                    run_phase(ctx, step, t, i, n)
+            else:
+                run_phase(ctx, step, t)
+    rows = summary_rows(ctx.run_dir, run.spec.iterations)
+    print_summary(rows, path)
+    return RunResult(run_dir=path, rows=rows)
+
+
+def _manifest(run: EvaRun) -> str:
+    from eva_runtime.spec import dump_run
+
+    return dump_run(run)
+
+
+def summary_rows(rd: RunDir, iterations: int) -> list[dict[str, Any]]:
+    """One row per iteration from the step markers (missing steps give None)."""
+
+    def counts(t: int, step: str) -> dict[str, Any]:
+        sd = rd.step(t, step)
+        return sd.summary()["counts"] if sd.complete() else {}
+
+    rows = []
+    for t in range(iterations):
+        gen, create, train, ev = (counts(t, s) for s in ("generate", "create", "train", "evaluate"))
+        if not gen:
+            break
+        rows.append(
+            {
+                "iteration": t,
+                "prompts": gen.get("prompts"),
+                "kept": create.get("selected"),
+                "evolved": create.get("evolved"),
+                "reward_mean": gen.get("reward_mean"),
+                "gap_mean": gen.get("reward_gap_mean"),
+                "pairs": train.get("pairs"),
+                "train_loss": train.get("train_loss"),
+                "heldout_before": ev.get("reward_previous"),
+                "heldout_after": ev.get("reward_new"),
+                "win_rate": ev.get("win_rate"),
+            }
+        )
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def print_summary(rows: list[dict[str, Any]], path: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title="eva run summary")
+    headers = [
+        ("iteration", "iter"),
+        ("prompts", "prompts"),
+        ("kept", "kept"),
+        ("evolved", "evolved"),
+        ("reward_mean", "mean reward"),
+        ("gap_mean", "mean gap"),
+        ("pairs", "pairs"),
+        ("train_loss", "train loss"),
+        ("heldout_after", "held-out reward"),
+        ("win_rate", "win rate"),
+    ]
+    for _, title in headers:
+        table.add_column(title, justify="right")
+    for r in rows:
+        table.add_row(*(_fmt(r[k]) for k, _ in headers))
+    console.print(table)
+    if rows and rows[0]["heldout_before"] is not None:
+        curve = [rows[0]["heldout_before"]] + [r["heldout_after"] for r in rows]
+        labels = ["base"] + [f"iter {r['iteration']}" for r in rows]
+        console.print(
+            "held-out reward: "
+            + "  ".join(f"{lab} {_fmt(v)}" for lab, v in zip(labels, curve, strict=True))
+        )
+    console.print(f"artifacts: {path}")

@@ -1,0 +1,774 @@
+"""Preference optimisation of the solver policy on the pairs one eva iteration produced.
+
+eva alternates between evolving prompts and training the solver on preference pairs
+gathered for those prompts, and every iteration starts from the previous iteration's
+policy. That shapes the design here:
+
+* One call maps (pairs, start policy folder) to a new policy folder, so the loop can
+  chain iterations and resume from any folder on disk.
+* The reference policy of DPO/IPO is the start policy of *this* iteration. TRL would
+  otherwise rebuild the reference from ``model.config._name_or_path``, which is not the
+  start folder whenever the policy object came from somewhere else (a base checkpoint
+  name, a renamed folder); iterative DPO then silently regularises towards the wrong
+  model. We load the reference ourselves from ``model_path``.
+* The output is written to a sibling ``.tmp`` folder and renamed into place, so a crash
+  never leaves a half-written policy that the next iteration would load.
+* Multi-process training runs in subprocesses under ``accelerate launch``: the launcher
+  owns process-group set-up, and the calling process (often a long-lived orchestrator
+  that also holds an inference engine) stays free of a distributed context.
+
+torch, transformers, trl, peft, datasets and accelerate are imported inside functions so
+that the orchestration code can import this module (for the settings types) on machines
+that only coordinate and never train.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import importlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS: tuple[str, ...] = ("dpo", "simpo", "ipo", "orpo")
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
+DEEPSPEED_MODES: tuple[str, ...] = ("none", "zero3")
+
+# Prefix of the stdout lines through which launched workers stream their log records
+# back to the parent; everything else on stdout is ordinary output.
+LOG_MARKER = "EVA_TRAIN_LOG "
+
+_REFERENCE_FREE = frozenset({"simpo", "orpo"})
+_STDERR_TAIL_LINES = 60
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapter settings; ``merge`` decides what the next iteration gets to load.
+
+    Merged weights keep the eva loop uniform (every iteration's policy is a plain
+    transformers folder that vLLM can serve); an unmerged adapter is far smaller on disk
+    when the base model is large and many iterations are kept.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None
+    merge: bool = True
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ValueError(f"LoRA rank must be positive, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides how one iteration's policy is trained.
+
+    Validated on construction so that a bad value fails before models are loaded or
+    worker processes launched.
+    """
+
+    algorithm: str = "dpo"
+    beta: float = 0.05
+    learning_rate: float = 5e-7
+    epochs: float = 2.0
+    per_device_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    max_length: int = 2048
+    warmup_ratio: float = 0.1
+    lr_scheduler: str = "cosine"
+    simpo_gamma: float = 0.5
+    lora: LoraSettings | None = None
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    num_processes: int = 1
+    deepspeed: str = "none"
+    logging_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.deepspeed not in DEEPSPEED_MODES:
+            raise ValueError(f"deepspeed must be one of {DEEPSPEED_MODES}, got {self.deepspeed!r}")
+        if self.num_processes < 1:
+            raise ValueError(f"num_processes must be at least 1, got {self.num_processes}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("per_device_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs <= 0 or self.learning_rate <= 0 or self.max_length <= 0:
+            raise ValueError("epochs, learning_rate and max_length must be positive")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What the loop records about an iteration's training, besides the policy itself."""
+
+    model_dir: str
+    steps: int
+    train_loss: float | None
+    history: list[dict]
+    reward_accuracy: float | None
+    num_pairs: int
+
+
+def settings_to_dict(settings: TrainSettings) -> dict[str, Any]:
+    """JSON-ready form, used to hand settings to launched worker processes."""
+    return dataclasses.asdict(settings)
+
+
+def settings_from_dict(data: Mapping[str, Any]) -> TrainSettings:
+    """Inverse of :func:`settings_to_dict` (JSON turns tuples into lists, undone here)."""
+    fields = dict(data)
+    lora_data = fields.pop("lora", None)
+    lora: LoraSettings | None = None
+    if lora_data is not None:
+        lora_fields = dict(lora_data)
+        if lora_fields.get("target_modules") is not None:
+            lora_fields["target_modules"] = tuple(lora_fields["target_modules"])
+        lora = LoraSettings(**lora_fields)
+    return TrainSettings(**fields, lora=lora)
+
+
+def train_policy(
+    pairs: Sequence[Mapping[str, str]],
+    *,
+    model_path: str,
+    output_dir: str,
+    settings: TrainSettings,
+    on_log: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train the policy at ``model_path`` on preference ``pairs`` and save it to ``output_dir``.
+
+    Each pair holds the user ``prompt`` and the assistant's ``chosen`` and ``rejected``
+    responses as plain text; the model's chat template turns them into token sequences,
+    so the policy is optimised on exactly the format it is later sampled with.
+    ``on_log`` receives every log record as it happens, also from launched workers.
+    """
+    records = _validated_pairs(pairs)
+    _check_start_folder(model_path)
+    if settings.num_processes > 1 or settings.deepspeed != "none":
+        result = _train_launched(
+            records, model_path=model_path, output_dir=output_dir, settings=settings, on_log=on_log
+        )
+        return dataclasses.replace(result, model_dir=str(Path(output_dir)))
+    return train_in_this_process(
+        records, model_path=model_path, output_dir=output_dir, settings=settings, on_log=on_log
+    )
+
+
+def train_in_this_process(
+    records: Sequence[Mapping[str, str]],
+    *,
+    model_path: str,
+    output_dir: str,
+    settings: TrainSettings,
+    on_log: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Run training in the current process; each launched worker runs exactly this too.
+
+    Under a distributed launch every rank calls it; only the main rank writes the
+    policy folder and reports logs, the others take part in the collectives.
+    """
+    records = _validated_pairs(records)
+    history: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="eva-train-") as scratch:
+        trainer = _build_trainer(
+            records,
+            model_path=model_path,
+            settings=settings,
+            scratch_dir=scratch,
+            callbacks=[_log_callback(history, on_log)],
+        )
+        try:
+            output = trainer.train()
+            _save_policy(trainer, model_path=model_path, output_dir=output_dir, settings=settings)
+        finally:
+            _release(trainer)
+    accuracies = [h["rewards/accuracies"] for h in history if "rewards/accuracies" in h]
+    return TrainResult(
+        model_dir=str(Path(output_dir)),
+        steps=int(output.global_step),
+        train_loss=_as_float(output.training_loss),
+        history=history,
+        reward_accuracy=accuracies[-1] if accuracies else None,
+        num_pairs=len(records),
+    )
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _validated_pairs(pairs: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """Fail before any model is loaded: a bad pair found mid-tokenisation wastes minutes."""
+    records: list[dict[str, str]] = []
+    for index, pair in enumerate(pairs):
+        record: dict[str, str] = {}
+        for key in ("prompt", "chosen", "rejected"):
+            value = pair.get(key) if isinstance(pair, Mapping) else None
+            if not isinstance(value, str):
+                raise ValueError(f"preference pair {index} needs a string {key!r}, got {value!r}")
+            record[key] = value
+        records.append(record)
+    if not records:
+        raise ValueError("train_policy needs at least one preference pair; got an empty list")
+    return records
+
+
+def _check_start_folder(model_path: str) -> None:
+    """Fail in the caller's process, not after workers were launched and models loaded."""
+    if not (Path(model_path) / "config.json").is_file():
+        hint = ""
+        if (Path(model_path) / "adapter_config.json").is_file():
+            hint = " (it holds an unmerged LoRA adapter: merge it into its base first)"
+        raise FileNotFoundError(
+            f"model_path {model_path} is not a transformers model folder with config.json{hint}"
+        )
+
+
+def _conversational(record: Mapping[str, str]) -> dict[str, list[dict[str, str]]]:
+    """TRL's conversational preference format, so the trainers apply the chat template."""
+    return {
+        "prompt": [{"role": "user", "content": record["prompt"]}],
+        "chosen": [{"role": "assistant", "content": record["chosen"]}],
+        "rejected": [{"role": "assistant", "content": record["rejected"]}],
+    }
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def _resolve_precision(requested: str) -> str:
+    """Concrete precision for this machine; half precision only where a GPU runs it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        if requested in ("bf16", "fp16"):
+            logger.warning("precision %s needs a CUDA GPU, none is visible: using fp32", requested)
+        return "fp32"
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return requested
+
+
+def _load_dtype(settings: TrainSettings, precision: str) -> torch.dtype:
+    """dtype of the trainable policy's weights.
+
+    Full fine-tuning keeps fp32 weights under bf16/fp16 autocast: plain AdamW on half
+    precision weights rounds away updates as small as eva's learning rates. LoRA (only
+    the fp32 adapters train) and ZeRO-3 (DeepSpeed keeps fp32 master weights itself) can
+    hold the frozen/compute copy in half precision.
+    """
+    import torch
+
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if half is not None and (settings.lora is not None or settings.deepspeed == "zero3"):
+        return half
+    return torch.float32
+
+
+def _declared_dtype(model_path: str) -> torch.dtype:
+    """dtype the start checkpoint declares; the trained policy is saved in it again."""
+    import torch
+
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    dtype = getattr(torch, str(name), None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def _load_causal_lm(model_path: str, dtype: torch.dtype) -> Any:
+    """Load a policy or reference from the start folder (one place, so tests can observe it)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+
+
+def _lora_config(lora: LoraSettings | None) -> LoraConfig | None:
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules) if lora.target_modules else "all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _training_args(
+    settings: TrainSettings, *, scratch_dir: str, precision: str, on_gpu: bool
+) -> TrainingArguments:
+    """The algorithm's TRL config, with every default that misfits eva pinned explicitly.
+
+    TRL configs default to ``bf16=True`` (an error on CPU) and to gradient checkpointing
+    on, log every 10 steps, and the base Trainer saves checkpoints; an iteration here
+    wants none of that, so those fields are always set.
+    """
+    common: dict[str, Any] = {
+        "output_dir": scratch_dir,
+        "num_train_epochs": settings.epochs,
+        "per_device_train_batch_size": settings.per_device_batch_size,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "learning_rate": settings.learning_rate,
+        "lr_scheduler_type": settings.lr_scheduler,
+        # transformers 5 folded warmup_ratio into warmup_steps: a float in [0, 1) is a ratio.
+        "warmup_steps": settings.warmup_ratio,
+        "logging_strategy": "steps",
+        "logging_steps": settings.logging_steps,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "push_to_hub": False,
+        "disable_tqdm": True,
+        "seed": settings.seed,
+        "data_seed": settings.seed,
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "use_cpu": not on_gpu,
+        "beta": settings.beta,
+        "max_length": settings.max_length,
+        "dataloader_num_workers": 0,
+    }
+    common[_checkpointing_field()] = settings.gradient_checkpointing and on_gpu
+    if settings.algorithm in ("dpo", "ipo"):
+        from trl import DPOConfig
+
+        loss = "sigmoid" if settings.algorithm == "dpo" else "ipo"
+        return DPOConfig(**common, loss_type=[loss])
+    if settings.algorithm == "simpo":
+        CPOConfig = _experimental("cpo").CPOConfig
+
+        # SimPO is CPO's "simpo" loss without the behaviour-cloning term (cpo_alpha=0).
+        return CPOConfig(
+            **common,
+            loss_type="simpo",
+            cpo_alpha=0.0,
+            simpo_gamma=settings.simpo_gamma,
+            remove_unused_columns=False,
+        )
+    ORPOConfig = _experimental("orpo").ORPOConfig
+
+    # beta is ORPO's odds-ratio weight (lambda in the paper).
+    return ORPOConfig(**common, remove_unused_columns=False)
+
+
+def _experimental(name: str) -> Any:
+    """SimPO (inside CPO) and ORPO live in ``trl.experimental`` in TRL 1.x.
+
+    Importing it warns that its API may change; that is accepted here (the settings
+    above pin the few fields used), so the warning is not repeated on every run.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        return importlib.import_module(f"trl.experimental.{name}")
+
+
+def _checkpointing_field() -> str:
+    """transformers 5.x renamed gradient to activation checkpointing; the old name warns."""
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    new_name = "activation_checkpointing"
+    return new_name if new_name in names else "gradient_checkpointing"
+
+
+def _build_trainer(
+    records: Sequence[Mapping[str, str]],
+    *,
+    model_path: str,
+    settings: TrainSettings,
+    scratch_dir: str,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> Trainer:
+    """Assemble the TRL trainer for ``settings.algorithm`` around the start policy."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    on_gpu = torch.cuda.is_available()
+    precision = _resolve_precision(settings.precision)
+    # Built before any model is loaded: under ZeRO-3 these arguments install the DeepSpeed
+    # config that from_pretrained consults to partition weights while loading.
+    args = _training_args(settings, scratch_dir=scratch_dir, precision=precision, on_gpu=on_gpu)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"the tokenizer at {model_path} has no chat template to format pairs with")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    dtype = _load_dtype(settings, precision)
+    policy = _load_causal_lm(model_path, dtype)
+    dataset = Dataset.from_list([_conversational(r) for r in records])
+    peft_config = _lora_config(settings.lora)
+    common: dict[str, Any] = {
+        "args": args,
+        "train_dataset": dataset,
+        "processing_class": tokenizer,
+        "callbacks": list(callbacks),
+        "peft_config": peft_config,
+    }
+
+    if settings.algorithm in _REFERENCE_FREE:
+        if settings.algorithm == "simpo":
+            ReferenceFreeTrainer = _experimental("cpo").CPOTrainer
+        else:
+            ReferenceFreeTrainer = _experimental("orpo").ORPOTrainer
+        return _quiet(ReferenceFreeTrainer(model=policy, **common))
+
+    from trl import DPOTrainer
+
+    reference = None
+    if peft_config is None:
+        # The reference is frozen, so it can live in the compute precision.
+        ref_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, dtype)
+        reference = _load_causal_lm(model_path, ref_dtype)
+        reference.requires_grad_(False)
+        reference.eval()
+    # With LoRA, TRL scores the reference by disabling the adapter: that is the start policy.
+    trainer = DPOTrainer(model=policy, ref_model=reference, **common)
+    if peft_config is None and trainer.ref_model is None:
+        raise RuntimeError("DPOTrainer dropped the explicit reference model")
+    return _quiet(trainer)
+
+
+def _quiet(trainer: Trainer) -> Trainer:
+    """Drop the Trainer's print-every-log callback: logs reach callers through ``on_log``."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _log_callback(history: list[dict], on_log: Callable[[dict], None] | None) -> TrainerCallback:
+    """Relay trainer logs as plain-float dicts: to ``history`` and to the caller's hook."""
+    from transformers import TrainerCallback
+
+    class _LogRelay(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+            if not logs or not state.is_world_process_zero:
+                return
+            record: dict[str, float | int] = {"step": int(state.global_step)}
+            for key, value in logs.items():
+                number = _as_float(value)
+                if number is not None:
+                    record[key] = number
+            # Only per-step records go into history; the end-of-run summary
+            # (train_runtime, train_loss, ...) still reaches the caller's hook.
+            if "loss" in record:
+                history.append(record)
+                logger.info("step %d: loss %.4f", record["step"], record["loss"])
+            if on_log is not None:
+                on_log(dict(record))
+
+    return _LogRelay()
+
+
+def _as_float(value: Any) -> float | None:
+    """Logs mix python numbers, numpy scalars and 0-d tensors; JSON and callers want floats."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if hasattr(value, "item"):
+        try:
+            value = value.item()
+        except (ValueError, RuntimeError):
+            return None
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _save_policy(
+    trainer: Trainer, *, model_path: str, output_dir: str, settings: TrainSettings
+) -> None:
+    """Write the trained policy to ``output_dir`` via a ``.tmp`` sibling and a rename."""
+    final = Path(output_dir).resolve()
+    staging = final.with_name(final.name + ".tmp")
+    main = trainer.is_world_process_zero()
+    lora = settings.lora
+    save_dtype = _declared_dtype(model_path)
+    if main:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if lora is not None:
+        # PEFT records whatever name the model object carried; the adapter must point at
+        # the folder it was trained on top of.
+        model.peft_config["default"].base_model_name_or_path = str(model_path)
+
+    if trainer.is_deepspeed_enabled:
+        # ZeRO-3 shards the weights over ranks; Trainer.save_model gathers them (all ranks
+        # must take part) and writes from the main rank only.
+        merge_later = lora is not None and lora.merge
+        raw = final.with_name(final.name + ".adapter.tmp") if merge_later else staging
+        trainer.save_model(str(raw))
+        if main and merge_later:
+            _merge_adapter_folder(model_path, raw, staging, save_dtype)
+            shutil.rmtree(raw, ignore_errors=True)
+    elif main:
+        if lora is not None and lora.merge:
+            model = model.merge_and_unload()
+        if lora is None or lora.merge:
+            model = model.to(save_dtype)
+        model.save_pretrained(str(staging))
+
+    if main:
+        trainer.processing_class.save_pretrained(str(staging))
+        _replace_dir(staging, final)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _merge_adapter_folder(model_path: str, adapter_dir: Path, target: Path, dtype: Any) -> None:
+    """Merge a saved adapter into a fresh copy of the start weights (the ZeRO-3 path)."""
+    from peft import PeftModel
+
+    shutil.rmtree(target, ignore_errors=True)
+    base = _load_causal_lm(model_path, dtype)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(target))
+
+
+def _replace_dir(staging: Path, final: Path) -> None:
+    """Swap ``staging`` into ``final`` so readers see either the old or the new folder."""
+    if final.exists():
+        previous = final.with_name(final.name + ".old")
+        shutil.rmtree(previous, ignore_errors=True)
+        final.rename(previous)
+        staging.rename(final)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        staging.rename(final)
+
+
+def _release(trainer: Trainer) -> None:
+    """Free the models now: the eva loop goes on to load an inference engine in-process."""
+    import torch
+
+    with contextlib.suppress(AttributeError):
+        trainer.accelerator.free_memory()
+    for attribute in ("model", "model_wrapped", "ref_model", "optimizer", "lr_scheduler"):
+        if hasattr(trainer, attribute):
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(trainer, attribute, None)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- launching
+
+
+def _train_launched(
+    records: Sequence[Mapping[str, str]],
+    *,
+    model_path: str,
+    output_dir: str,
+    settings: TrainSettings,
+    on_log: Callable[[dict], None] | None,
+) -> TrainResult:
+    """Run training in ``settings.num_processes`` workers under ``accelerate launch``."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    precision = _resolve_precision(settings.precision)
+    if settings.deepspeed == "zero3" and not on_gpu:
+        raise ValueError("deepspeed='zero3' needs CUDA GPUs; none is visible")
+    visible = torch.cuda.device_count()
+    if settings.num_processes > 1 and on_gpu and visible < settings.num_processes:
+        raise ValueError(f"num_processes={settings.num_processes} but {visible} GPUs are visible")
+    worker_settings = dataclasses.replace(settings, precision=precision)
+
+    with tempfile.TemporaryDirectory(prefix="eva-train-job-") as job_root:
+        job = Path(job_root)
+        pairs_file = job / "pairs.jsonl"
+        pairs_file.write_text("".join(json.dumps(dict(r)) + "\n" for r in records))
+        result_file = job / "result.json"
+        job_file = job / "job.json"
+        job_file.write_text(
+            json.dumps(
+                {
+                    "model_path": str(model_path),
+                    "output_dir": str(Path(output_dir).resolve()),
+                    "settings": settings_to_dict(worker_settings),
+                    "pairs_file": str(pairs_file),
+                    "result_file": str(result_file),
+                }
+            )
+        )
+        config_file = job / "accelerate_config.json"
+        config_file.write_text(json.dumps(_accelerate_config(worker_settings, precision)))
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(config_file),
+            "--num_processes",
+            str(settings.num_processes),
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            "0",
+            "--mixed_precision",
+            _accelerate_precision(precision),
+            "--module",
+            "eva_runtime.solver.train_worker",
+            str(job_file),
+        ]
+        _run_streaming(command, _launch_env(settings.num_processes, on_gpu), on_log)
+        if not result_file.exists():
+            raise RuntimeError("training workers exited cleanly but wrote no result file")
+        return TrainResult(**json.loads(result_file.read_text()))
+
+
+def _accelerate_precision(precision: str) -> str:
+    return {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
+
+
+def _accelerate_config(settings: TrainSettings, precision: str) -> dict[str, Any]:
+    """A launch config of our own, so a user's default accelerate config cannot leak in.
+
+    Plain data parallelism is declared as MULTI_GPU even on CPU: that selects accelerate's
+    torchrun launcher, which actually starts N processes (its CPU launcher starts one
+    unless driven by mpirun). The workers then ask for the CPU (``use_cpu``), which makes
+    accelerate form a gloo process group.
+    """
+    config: dict[str, Any] = {
+        "compute_environment": "LOCAL_MACHINE",
+        "debug": False,
+        "distributed_type": "MULTI_GPU",
+        "downcast_bf16": "no",
+        "machine_rank": 0,
+        "main_training_function": "main",
+        "mixed_precision": _accelerate_precision(precision),
+        "num_machines": 1,
+        "num_processes": settings.num_processes,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "use_cpu": False,
+    }
+    if settings.deepspeed == "zero3":
+        config["distributed_type"] = "DEEPSPEED"
+        config["deepspeed_config"] = {
+            "deepspeed_multinode_launcher": "standard",
+            "offload_optimizer_device": "none",
+            "offload_param_device": "none",
+            "zero3_init_flag": True,
+            # Without it, saving under ZeRO-3 writes empty shards instead of the weights.
+            "zero3_save_16bit_model": True,
+            "zero_stage": 3,
+        }
+    return config
+
+
+def _launch_env(num_processes: int, on_gpu: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    project_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not on_gpu and "OMP_NUM_THREADS" not in env:
+        # N processes each spawning a thread per core oversubscribe the CPU badly.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // num_processes))
+    return env
+
+
+def _run_streaming(
+    command: list[str], env: dict[str, str], on_log: Callable[[dict], None] | None
+) -> None:
+    """Run the launcher, relaying worker log records live; raise with its stderr tail."""
+    logger.info("launching: %s", " ".join(command))
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        env=env,
+        # Own process group, so a failure here can stop the launcher and all its workers.
+        start_new_session=True,
+    )
+    stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
+    reader = threading.Thread(
+        target=_drain, args=(process.stderr, stderr_tail), name="eva-train-stderr", daemon=True
+    )
+    reader.start()
+    try:
+        assert process.stdout is not None
+        for line in _lines(process.stdout):
+            if line.startswith(LOG_MARKER):
+                record = json.loads(line[len(LOG_MARKER) :])
+                if on_log is not None:
+                    on_log(record)
+            else:
+                logger.info("[train] %s", line)
+        returncode = process.wait()
+    except BaseException:
+        _stop_group(process)
+        raise
+    finally:
+        reader.join(timeout=10)
+    if returncode != 0:
+        tail = "\n".join(stderr_tail)
+        raise RuntimeError(f"distributed training failed with exit code {returncode}:\n{tail}")
+
+
+def _lines(stream: Any) -> Iterator[str]:
+    for line in stream:
+        yield line.rstrip("\n")
+
+
+def _drain(stream: Any, tail: deque[str]) -> None:
+    for line in _lines(stream):
+        tail.append(line)
+        logger.info("[train] %s", line)
+
+
+def _stop_group(process: subprocess.Popen[str]) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

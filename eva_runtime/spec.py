@@ -1,0 +1,522 @@
+"""The EvaRun spec: one pydantic model, the single source of truth.
+
+A spec file is a whole Kubernetes manifest (apiVersion, kind, metadata, spec) so the same
+file works for ``kubectl apply`` and ``eva run``. YAML keys are camelCase, Python fields
+snake_case. Defaults follow the paper's reference code (see the README's spec reference).
+
+This module must stay light: the operator image imports it and has no torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "eva.dev/v1alpha1"
+KIND = "EvaRun"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_FUNCTION_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class RewardType(str, Enum):
+    classifier = "classifier"
+    armo = "armo"
+    judge = "judge"
+    python = "python"
+
+
+class GenerationBackend(str, Enum):
+    auto = "auto"
+    transformers = "transformers"
+    vllm = "vllm"
+    openai = "openai"
+
+
+class Informativeness(str, Enum):
+    gap = "gap"
+    maxmean = "maxmean"
+    mean = "mean"
+    variance = "variance"
+    dts = "dts"
+    gapInverse = "gapInverse"  # noqa: N815 - the spec's spelling
+    meanInverse = "meanInverse"  # noqa: N815
+    uniform = "uniform"
+
+
+class Sampling(str, Enum):
+    importanceWeighted = "importanceWeighted"  # noqa: N815
+    greedy = "greedy"
+    stratified = "stratified"
+
+
+class EvolveMethod(str, Enum):
+    evolInstruct = "evolInstruct"  # noqa: N815
+    none = "none"
+
+
+class Algorithm(str, Enum):
+    dpo = "dpo"
+    simpo = "simpo"
+    ipo = "ipo"
+    orpo = "orpo"
+
+
+Probability = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class OpenAIEndpoint(_Model):
+    """An OpenAI-compatible server (vLLM's, TGI, hosted APIs, ``transformers serve``)."""
+
+    base_url: str = Field(description="Server URL ending in /v1, e.g. http://vllm:8000/v1.")
+    model: str = Field(description="Model name the server expects in requests.")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the API key (in a cluster: filled from a "
+        "Secret). None sends no key.",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+class PolicySpec(_Model):
+    model: str = Field(
+        description="Hub id, local/PVC folder, a .gguf file, or pkg://<package>/<file.gguf>.",
+        min_length=1,
+    )
+    trust_remote_code: bool = Field(default=False, description="Run the model's own code.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights dtype for generation (auto: bf16 on GPU, fp32 on CPU)."
+    )
+
+
+class RewardModelSpec(_Model):
+    type: RewardType = Field(default=RewardType.classifier, description="How responses are scored.")
+    model: str | None = Field(
+        default=None, description="Reward model (classifier, armo) or judge model (judge)."
+    )
+    function: str | None = Field(
+        default=None,
+        description="python type: 'module:function' called as f(prompts, responses) -> floats.",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Remote code runs only when this is true (armo needs it)."
+    )
+    batch_size: int = Field(default=8, ge=1, description="Responses scored per forward pass.")
+    max_length: int = Field(default=4096, ge=16, description="Tokens per scored conversation.")
+    judge_endpoint: OpenAIEndpoint | None = Field(
+        default=None, description="judge type: score through this server instead of a local model."
+    )
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> RewardModelSpec:
+        t = self.type
+        if t == "python":
+            if not self.function:
+                raise ValueError("function: required when type is python ('module:function')")
+            if not _FUNCTION_REF.match(self.function):
+                raise ValueError(f"function: {self.function!r} is not of the form 'module:function'")
+        elif t in ("classifier", "armo"):
+            if not self.model:
+                raise ValueError(f"model: required when type is {t}")
+            if t == "armo" and not self.trust_remote_code:
+                raise ValueError(
+                    "trustRemoteCode: armo reward models run custom code; set "
+                    "trustRemoteCode: true to allow it"
+                )
+        elif t == "judge" and not (self.model or self.judge_endpoint):
+            raise ValueError("model: required when type is judge (or set judgeEndpoint)")
+        return self
+
+
+class PromptsSpec(_Model):
+    source: str = Field(
+        min_length=1,
+        description="A .jsonl, .json, .parquet or .csv file (path or fsspec URI) with a prompt column.",
+    )
+    column: str = Field(default="prompt", min_length=1, description="Column holding the prompt.")
+    id_column: str | None = Field(
+        default=None, description="Column holding stable prompt ids (default: derived from text)."
+    )
+    held_out: int = Field(default=0, ge=0, description="Prompts kept aside for evaluation.")
+    limit: int | None = Field(
+        default=None, ge=1, description="Use only the first N prompts of the source."
+    )
+
+
+class GenerationSpec(_Model):
+    backend: GenerationBackend = Field(
+        default=GenerationBackend.auto,
+        description="auto = vllm when a GPU and vllm are present, else transformers.",
+    )
+    samples_per_prompt: int = Field(default=6, ge=1, description="n responses per prompt.")
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=2048, ge=1)
+    shards: int = Field(default=1, ge=1, le=1024, description="Pods in the generation Indexed Job.")
+    batch_size: int = Field(default=8, ge=1, description="Prompts per batch (transformers).")
+    truncated: Literal["keep", "drop"] = Field(
+        default="keep",
+        description="Responses cut at maxNewTokens: keep them, or drop them before pairing.",
+    )
+    system_prompt: str | None = Field(default=None, description="Optional system message.")
+    endpoint: OpenAIEndpoint | None = Field(
+        default=None, description="backend openai: the server that generates."
+    )
+
+    @model_validator(mode="after")
+    def _endpoint_for_openai(self) -> GenerationSpec:
+        if self.backend == "openai" and self.endpoint is None:
+            raise ValueError("endpoint: required when backend is openai (baseUrl, model)")
+        return self
+
+
+class EvolverSpec(_Model):
+    type: Literal["policy", "model", "openai"] = Field(
+        default="policy",
+        description="policy: the current policy rewrites (self-play); model: a local/hub model; "
+        "openai: an OpenAI-compatible endpoint.",
+    )
+    model: str | None = Field(default=None, description="type model: the evolver model.")
+    endpoint: OpenAIEndpoint | None = Field(default=None, description="type openai: the server.")
+    temperature: float = Field(default=0.88, ge=0.0, le=5.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=666, ge=1)
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> EvolverSpec:
+        if self.type == "model" and not self.model:
+            raise ValueError("model: required when evolver type is model")
+        if self.type == "openai" and self.endpoint is None:
+            raise ValueError("endpoint: required when evolver type is openai")
+        return self
+
+
+class EvolveSpec(_Model):
+    method: EvolveMethod = Field(default=EvolveMethod.evolInstruct)
+    variants_per_prompt: int = Field(default=4, ge=1, le=64)
+    evolver: EvolverSpec = Field(default_factory=EvolverSpec)
+    near_duplicate_threshold: float = Field(
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description="Evolved prompts whose word 3-gram Jaccard similarity to a kept prompt or "
+        "their parent reaches this are dropped as near duplicates.",
+    )
+    min_chars: int = Field(default=8, ge=1, description="Shorter evolved prompts are dropped.")
+
+
+class CreatorSpec(_Model):
+    enabled: bool = Field(
+        default=True, description="false = classic iterative DPO on the fixed prompts (baseline)."
+    )
+    informativeness: Informativeness = Field(default=Informativeness.gap)
+    sampling: Sampling = Field(default=Sampling.importanceWeighted)
+    sample_fraction: float = Field(default=0.25, description="Share of prompts kept for evolving.")
+    evolve: EvolveSpec = Field(default_factory=EvolveSpec)
+    buffer_ratio: float = Field(
+        default=0.2,
+        description="Share of training prompts taken from the original set (rest: evolved).",
+    )
+
+    @field_validator("sample_fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not (0.0 < v <= 1.0):
+            raise ValueError("must be in (0, 1]")
+        return v
+
+    @field_validator("buffer_ratio")
+    @classmethod
+    def _ratio(cls, v: float) -> float:
+        if not (0.0 <= v < 1.0):
+            raise ValueError("must be in [0, 1)")
+        return v
+
+
+class LoraSpec(_Model):
+    enabled: bool = False
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(default=None, description="None: all linear layers.")
+    merge: bool = Field(
+        default=True,
+        description="true: merge adapters and save a plain model folder; false: save the adapter.",
+    )
+
+
+class SolverSpec(_Model):
+    algorithm: Algorithm = Field(default=Algorithm.dpo)
+    beta: float = Field(default=0.05, gt=0.0)
+    learning_rate: float = Field(default=5e-7, gt=0.0, lt=1.0)
+    epochs: float = Field(default=2.0, gt=0.0)
+    effective_batch_size: int = Field(
+        default=64, ge=1, description="Pairs per optimiser step across devices and accumulation."
+    )
+    per_device_batch_size: int = Field(default=2, ge=1)
+    max_length: int = Field(default=2048, ge=16)
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    lr_scheduler: str = Field(default="cosine")
+    simpo_gamma: float = Field(default=0.5, ge=0.0, description="SimPO target reward margin.")
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    gradient_checkpointing: bool = False
+    processes: int = Field(
+        default=1, ge=1, description="Data-parallel processes under accelerate (GPUs or CPU)."
+    )
+    deepspeed: Literal["none", "zero3"] = "none"
+
+
+class EvaluationSpec(_Model):
+    samples_per_prompt: int = Field(default=2, ge=1, description="Responses per held-out prompt.")
+    temperature: float | None = Field(
+        default=None, ge=0.0, description="None: generation.temperature."
+    )
+    max_new_tokens: int | None = Field(default=None, ge=1, description="None: generation's.")
+
+
+class StepResources(_Model):
+    gpus: int = Field(default=0, ge=0)
+    cpu: str | None = None
+    memory: str | None = None
+
+
+class Toleration(_Model):
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    key: str | None = None
+    operator: str | None = None
+    value: str | None = None
+    effect: str | None = None
+
+
+class ResourcesSpec(_Model):
+    image: str | None = Field(default=None, description="Step image (default: the chart's).")
+    generate: StepResources = Field(default_factory=lambda: StepResources(gpus=1))
+    create: StepResources = Field(default_factory=lambda: StepResources(gpus=1))
+    train: StepResources = Field(default_factory=lambda: StepResources(gpus=1))
+    evaluate: StepResources = Field(default_factory=lambda: StepResources(gpus=1))
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    priority_class_name: str | None = None
+    queue_name: str | None = Field(default=None, description="Kueue LocalQueue label.")
+
+
+class StorageSpec(_Model):
+    uri: str | None = Field(
+        default=None, description="Artifact root: a path (PVC mount) or fsspec URI; local default ./eva-runs."
+    )
+
+
+class MlflowSpec(_Model):
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    register_model: bool = True
+
+
+class TrackingSpec(_Model):
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+
+
+class RunPolicy(_Model):
+    backoff_limit: int = Field(default=2, ge=0, description="Retries of a failed step.")
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    pending_deadline_seconds: int | None = Field(default=600, ge=1)
+    suspend: bool = False
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+
+
+class EvaRunSpec(_Model):
+    iterations: int = Field(default=3, ge=1, le=1000)
+    seed: int = Field(default=42, ge=0)
+    policy: PolicySpec
+    reward_model: RewardModelSpec
+    prompts: PromptsSpec
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    creator: CreatorSpec = Field(default_factory=CreatorSpec)
+    solver: SolverSpec = Field(default_factory=SolverSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+
+
+class Metadata(_Model):
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    name: str
+    namespace: str = "default"
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if len(v) > 63 or not _DNS_LABEL.match(v):
+            raise ValueError(
+                "must be a DNS label: lowercase letters, digits and '-', at most 63 characters"
+            )
+        return v
+
+
+class EvaRun(_Model):
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    api_version: Literal["eva.dev/v1alpha1"]
+    kind: Literal["EvaRun"]
+    metadata: Metadata
+    spec: EvaRunSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class SpecError(ValueError):
+    """A manifest that cannot run: carries every problem found, each with its field path."""
+
+    def __init__(self, source: str, errors: list[str]):
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: invalid EvaRun\n" + "\n".join(f"  {e}" for e in errors))
+
+
+def _path(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _friendly(err: dict[str, Any]) -> str:
+    """Turn one pydantic error into 'field.path: rule' in the manifest's own spelling."""
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
+    msg: str = err["msg"]
+    etype = err["type"]
+    ctx = err.get("ctx") or {}
+    if etype == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        # Validators on a whole section name the field themselves: 'field: rule'.
+        head, sep, rest = msg.partition(": ")
+        if sep and " " not in head:
+            loc = [*loc, head]
+            msg = rest
+    elif etype == "missing":
+        msg = "required field is missing"
+    elif etype == "extra_forbidden":
+        msg = "unknown field (check the spelling; keys are camelCase)"
+    elif etype == "literal_error" or etype == "enum":
+        msg = f"must be one of {ctx.get('expected', '')}".rstrip()
+    elif etype in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        msg = msg.replace("Input should be", "must be")
+    else:
+        msg = msg.replace("Input should be", "must be")
+    return f"{_path(loc)}: {msg}"
+
+
+def parse_run(doc: Any, source: str = "<manifest>") -> EvaRun:
+    """Validate one manifest (a dict); raise SpecError listing every problem at once."""
+    if not isinstance(doc, dict):
+        raise SpecError(source, ["(root): must be a mapping with apiVersion, kind, metadata, spec"])
+    problems: list[str] = []
+    if doc.get("apiVersion") != API_VERSION:
+        problems.append(f"apiVersion: must be {API_VERSION} (got {doc.get('apiVersion')!r})")
+    if doc.get("kind") != KIND:
+        problems.append(f"kind: must be {KIND} (got {doc.get('kind')!r})")
+    try:
+        run = EvaRun.model_validate(doc)
+    except ValidationError as exc:
+        for err in exc.errors():
+            if err["loc"] and err["loc"][0] in ("apiVersion", "kind"):
+                continue
+            problems.append(_friendly(err))  # type: ignore[arg-type]
+        raise SpecError(source, problems) from None
+    if problems:
+        raise SpecError(source, problems)
+    return run
+
+
+def load_runs(path: str | Path) -> list[EvaRun]:
+    """Every EvaRun in a YAML file (other kinds in a multi-document file are ignored)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), ["file not found"]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    runs: list[EvaRun] = []
+    errors: list[str] = []
+    candidates = [d for d in docs if not isinstance(d, dict) or d.get("kind", KIND) == KIND]
+    if not candidates:
+        raise SpecError(str(path), ["no EvaRun document in the file"])
+    for i, doc in enumerate(candidates):
+        label = str(path) if len(candidates) == 1 else f"{path} (document {i + 1})"
+        try:
+            runs.append(parse_run(doc, label))
+        except SpecError as exc:
+            prefix = "" if len(candidates) == 1 else f"document {i + 1}: "
+            errors.extend(prefix + e for e in exc.errors)
+    if errors:
+        raise SpecError(str(path), errors)
+    return runs
+
+
+def load_run(path: str | Path) -> EvaRun:
+    runs = load_runs(path)
+    if len(runs) != 1:
+        raise SpecError(str(path), [f"expected one EvaRun, found {len(runs)}"])
+    return runs[0]
+
+
+def dump_run(run: EvaRun) -> str:
+    """The manifest as YAML with camelCase keys (what a Job's pod receives)."""
+    data = run.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return yaml.safe_dump(data, sort_keys=False)

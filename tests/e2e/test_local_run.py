@@ -1,0 +1,231 @@
+"""Whole runs on a tiny random model: every step, the baseline, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from eva_runtime.artifacts import RunDir
+from eva_runtime.runner import run_all
+from eva_runtime.spec import load_run
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    topics = ["rivers", "bread", "stars", "chess", "clouds", "trains", "bees", "maps", "glass", "salt"]
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"prompt": f"Tell me {i} facts about {topics[i % len(topics)]}."}) + "\n")
+    return path
+
+
+def tiny_manifest(tmp: Path, model: Path, *, creator: bool = True, name: str = "tiny") -> Path:
+    prompts = write_prompts(tmp / "prompts.jsonl", 15)
+    doc = {
+        "apiVersion": "eva.dev/v1alpha1",
+        "kind": "EvaRun",
+        "metadata": {"name": name},
+        "spec": {
+            "iterations": 1,
+            "seed": 7,
+            "policy": {"model": str(model)},
+            "rewardModel": {"type": "python", "function": "eva_runtime.rewards:length_target"},
+            "prompts": {"source": str(prompts), "heldOut": 3},
+            "generation": {"backend": "transformers", "samplesPerPrompt": 3, "maxNewTokens": 12, "batchSize": 8},
+            "creator": {
+                "enabled": creator,
+                "sampleFraction": 0.5,
+                "evolve": {"variantsPerPrompt": 3, "evolver": {"maxNewTokens": 24}},
+            },
+            "solver": {
+                "algorithm": "dpo",
+                "beta": 0.1,
+                "learningRate": 1e-3,
+                "epochs": 1,
+                "effectiveBatchSize": 4,
+                "perDeviceBatchSize": 4,
+                "maxLength": 96,
+                "precision": "fp32",
+            },
+            "evaluation": {"samplesPerPrompt": 2},
+        },
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def digests(run_dir: Path) -> dict[str, dict[str, str]]:
+    out = {}
+    for marker in sorted(run_dir.rglob("_SUCCESS.json")):
+        out[str(marker.parent.relative_to(run_dir))] = json.loads(marker.read_text())["digests"]
+    return out
+
+
+def test_one_eva_iteration_runs_every_step(tmp_path: Path, tiny_model: Path) -> None:
+    run = load_run(tiny_manifest(tmp_path, tiny_model))
+    t0 = time.time()
+    result = run_all(run, tmp_path / "runs")
+    elapsed = time.time() - t0
+    rd = RunDir(result.run_dir)
+    for step in ("generate", "create", "generate-evolved", "train", "evaluate"):
+        assert rd.step(0, step).complete(), step
+    prep = rd.prepare().summary()["counts"]
+    assert (prep["prompts"], prep["heldout"]) == (12, 3)
+
+    rollouts = pd.read_parquet(rd.step(0, "generate").path / "shard-00000-of-00001" / "rollouts.parquet")
+    assert len(rollouts) == 12 * 3 and rollouts["reward"].notna().all()
+
+    create = rd.step(0, "create")
+    c = create.summary()["counts"]
+    assert c["selected"] == 6 and c["evolve_requests"] == 18
+    assert c["evolved"] + c["dropped"] == 18  # every evolver reply kept or dropped with a reason
+    evolved = pd.read_parquet(create.path / "evolved.parquet")
+    scores = pd.read_parquet(create.path / "scores.parquet")
+    selected = set(scores.loc[scores["selected"], "prompt_id"])
+    assert set(evolved["parent_id"]) <= selected
+    assert (evolved["iteration"] == 0).all() and (evolved["depth"] == 1).all()
+    assert evolved["parent_informativeness"].notna().all()
+    mixed = pd.read_parquet(create.path / "mixed.parquet")
+    assert set(mixed["origin"]) <= {"evolved", "buffer"}
+    assert (mixed["origin"] == "evolved").sum() == len(evolved)
+
+    pairs = pd.read_parquet(rd.step(0, "train").path / "pairs.parquet")
+    assert len(pairs) > 0
+    assert (pairs["chosen_reward"] > pairs["rejected_reward"]).all()
+    assert set(pairs["prompt_id"]) <= set(mixed["prompt_id"])
+    model = rd.step(0, "train").path / "model"
+    assert (model / "config.json").exists()
+
+    ev = rd.step(0, "evaluate").summary()["counts"]
+    assert ev["heldout"] == 3 and ev["samples"] == 6 and 0.0 <= ev["win_rate"] <= 1.0
+    row = result.rows[0]
+    assert row["pairs"] == len(pairs) and row["evolved"] == len(evolved)
+    print(f"one eva iteration on the tiny model: {elapsed:.1f}s")
+
+
+def test_baseline_runs_generate_train_evaluate_on_fixed_prompts(tmp_path: Path, tiny_model: Path) -> None:
+    run = load_run(tiny_manifest(tmp_path, tiny_model, creator=False, name="baseline"))
+    run.spec.iterations = 2
+    t0 = time.time()
+    result = run_all(run, tmp_path / "runs")
+    rd = RunDir(result.run_dir)
+    for t in (0, 1):
+        assert not rd.step(t, "create").path.exists()
+        assert rd.step(t, "evaluate").complete()
+        g = pd.read_parquet(rd.step(t, "generate").path / "shard-00000-of-00001" / "rollouts.parquet")
+        assert sorted(set(g["prompt_id"])) == sorted(pd.read_parquet(rd.prepare().path / "train.parquet")["prompt_id"])
+    # The second iteration starts from the first one's policy.
+    assert rd.step(1, "train").summary()["policy"] == str(rd.step(0, "train").path / "model")
+    # Held-out "previous" of iteration 1 is iteration 0's "new": one evaluation per policy.
+    e0 = pd.read_parquet(rd.step(0, "evaluate").path / "responses.parquet")
+    e1 = pd.read_parquet(rd.step(1, "evaluate").path / "responses.parquet")
+    new0 = e0[e0["policy"] == "new"].reset_index(drop=True)
+    prev1 = e1[e1["policy"] == "previous"].reset_index(drop=True)
+    assert new0["response"].tolist() == prev1["response"].tolist()
+    print(f"two baseline iterations on the tiny model: {time.time() - t0:.1f}s")
+
+
+def test_rerunning_a_complete_run_does_nothing(tmp_path: Path, tiny_model: Path) -> None:
+    run = load_run(tiny_manifest(tmp_path, tiny_model, creator=False, name="again"))
+    first = run_all(run, tmp_path / "runs")
+    before = digests(first.run_dir)
+    stamps = {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("_SUCCESS.json")}
+    run_all(run, tmp_path / "runs")
+    assert digests(first.run_dir) == before
+    assert {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("_SUCCESS.json")} == stamps
+
+
+def _eva(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "eva_runtime.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path) -> None:
+    manifest = tiny_manifest(tmp_path, tiny_model, name="resume")
+    # Reference: one uninterrupted run.
+    ref = _eva("run", str(manifest), "--workdir", str(tmp_path / "ref"), cwd=tmp_path)
+    out, err = ref.communicate(timeout=240)
+    assert ref.returncode == 0, err
+    ref_digests = digests(tmp_path / "ref" / "default" / "resume")
+
+    # Same run, killed while the create step is under way, then started again.
+    work = tmp_path / "killed" / "default" / "resume"
+    proc = _eva("run", str(manifest), "--workdir", str(tmp_path / "killed"), cwd=tmp_path)
+    create_dir = work / "iter-0" / "create"
+    deadline = time.time() + 180
+    while not create_dir.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (create_dir / "_SUCCESS.json").exists()
+    assert (work / "iter-0" / "generate" / "_SUCCESS.json").exists()
+
+    again = _eva("run", str(manifest), "--workdir", str(tmp_path / "killed"), cwd=tmp_path)
+    out, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err
+    assert digests(work) == ref_digests
+
+
+def test_unreadable_model_path_fails_before_any_work(tmp_path: Path, tiny_model: Path) -> None:
+    manifest = tiny_manifest(tmp_path, tmp_path / "no-such-model")
+    proc = _eva("run", str(manifest), "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "spec.policy.model" in err and "no-such-model" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs" / "default" / "tiny" / "prepare").exists()
+
+
+def test_bad_prompt_file_names_file_and_line(tmp_path: Path, tiny_model: Path) -> None:
+    manifest = tiny_manifest(tmp_path, tiny_model)
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "ok"}\n{"prompt": oops}\n')
+    proc = _eva("run", str(manifest), "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "prompts.jsonl:2: not valid JSON" in err and "Traceback" not in err
+
+
+def test_phase_commands_run_steps_alone_and_shard_generation(tmp_path: Path, tiny_model: Path) -> None:
+    manifest = tiny_manifest(tmp_path, tiny_model, name="phases")
+    run_dir = tmp_path / "rd"
+    common = ["--spec", str(manifest), "--run-dir", str(run_dir), "--iteration", "0"]
+    p = _eva("phase", "prepare", *common, cwd=tmp_path)
+    assert p.wait(60) == 0, p.stderr.read()
+    # Two shards as two workers of an Indexed Job; the second one completes the step.
+    for i in (1, 0):
+        p = _eva("phase", "generate", *common, "--shard", str(i), "--num-shards", "2", cwd=tmp_path)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    summary = json.loads((run_dir / "iter-0" / "generate" / "_SUCCESS.json").read_text())
+    assert summary["num_shards"] == 2 and summary["counts"]["prompts"] == 12
+    assert json.loads(out)["prompts"] == 12
+    # Create reads both shards back in prompt order.
+    p = _eva("phase", "create", *common, cwd=tmp_path)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    scores = pd.read_parquet(run_dir / "iter-0" / "create" / "scores.parquet")
+    train = pd.read_parquet(run_dir / "prepare" / "train.parquet")
+    assert scores["prompt_id"].tolist() == train["prompt_id"].tolist()
+    # A step whose inputs are missing says which step to run first.
+    p = _eva("phase", "train", "--spec", str(manifest), "--run-dir", str(tmp_path / "empty"), cwd=tmp_path)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and "run it first" in err

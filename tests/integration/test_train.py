@@ -1,0 +1,340 @@
+"""Preference training of the solver on a tiny random Llama, for real, on CPU.
+
+The tiny model cannot learn anything useful, but it can be pushed towards a fixed kind
+of answer within a few steps at a high learning rate, which is enough to tell whether
+the pairs, the chat template, the loss and the saved folder are wired up correctly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from tiny_model import build_tiny_model
+
+from eva_runtime.solver import train as train_mod
+from eva_runtime.solver.train import (
+    LoraSettings,
+    TrainResult,
+    TrainSettings,
+    train_policy,
+)
+
+CHOSEN = "Paris is the capital of France."
+REJECTED = "The quick brown fox jumps over the lazy dog 0123456789."
+
+PAIRS = [
+    {
+        "prompt": f"Question {i}: what is the capital of France? Answer briefly.",
+        "chosen": CHOSEN,
+        "rejected": REJECTED,
+    }
+    for i in range(8)
+]
+
+# A few optimiser steps that visibly move a random model: high learning rate, no warmup
+# (a warmup step would run at learning rate 0 and waste a third of a short run).
+FAST = TrainSettings(
+    learning_rate=1e-3,
+    epochs=1.0,
+    per_device_batch_size=4,
+    warmup_ratio=0.0,
+    beta=0.1,
+    max_length=128,
+)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _force_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Take the CPU (gloo) path even where a GPU is visible: in here and in the workers."""
+    import torch
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture(scope="module")
+def start_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("start") / "policy", seed=0)
+
+
+def _weights(model_dir: Path | str) -> dict[str, Any]:
+    """Load the folder the way the next iteration would, and return its weights."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _max_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def _response_logprob(model: Any, tokenizer: Any, prompt: str, response: str) -> float:
+    """Sum of log p(response tokens | chat-formatted prompt), computed independently of TRL."""
+    import torch
+
+    user = [{"role": "user", "content": prompt}]
+    prefix = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        [*user, {"role": "assistant", "content": response}], tokenize=False
+    )
+    assert full.startswith(prefix)
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert full_ids[: len(prefix_ids)] == prefix_ids
+    ids = torch.tensor([full_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    targets = ids[0, 1:]
+    picked = logprobs[torch.arange(len(targets)), targets]
+    return float(picked[len(prefix_ids) - 1 :].sum())
+
+
+def _mean_margin(model_dir: Path | str, pairs: Sequence[Mapping[str, str]]) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    margins = [
+        _response_logprob(model, tokenizer, p["prompt"], p["chosen"])
+        - _response_logprob(model, tokenizer, p["prompt"], p["rejected"])
+        for p in pairs
+    ]
+    return sum(margins) / len(margins)
+
+
+def _assert_finite_history(result: TrainResult) -> None:
+    assert result.history, "no training step was logged"
+    for record in result.history:
+        assert isinstance(record["loss"], float) and math.isfinite(record["loss"])
+        assert isinstance(record["step"], int)
+        assert {"learning_rate", "epoch"} <= record.keys()
+
+
+def test_dpo_increases_the_chosen_margin(start_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "iter-1"
+    # A previous crashed attempt may have left both of these behind.
+    (tmp_path / "iter-1.tmp").mkdir()
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")
+    logged: list[dict] = []
+    settings = TrainSettings(
+        algorithm="dpo",
+        learning_rate=1e-3,
+        epochs=3.0,
+        per_device_batch_size=4,
+        beta=0.1,
+        max_length=128,
+    )
+
+    result = train_policy(
+        PAIRS,
+        model_path=str(start_model),
+        output_dir=str(out),
+        settings=settings,
+        on_log=logged.append,
+    )
+
+    before = _mean_margin(start_model, PAIRS)
+    after = _mean_margin(out, PAIRS)
+    assert after > before + 1.0, (before, after)
+    assert result.model_dir == str(out)
+    assert result.num_pairs == len(PAIRS)
+    assert result.steps == 6  # 8 pairs / batch 4 * 3 epochs
+    assert result.train_loss is not None and math.isfinite(result.train_loss)
+    _assert_finite_history(result)
+    assert "rewards/accuracies" in result.history[-1]
+    assert result.reward_accuracy == result.history[-1]["rewards/accuracies"]
+    assert result.history[-1]["loss"] < math.log(2)  # sigmoid DPO starts at log 2
+    assert len(logged) >= len(result.history)
+    json.dumps(result.history)  # plain floats only
+    assert not (out / "stale.txt").exists()
+    assert not (tmp_path / "iter-1.tmp").exists()
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(out)).chat_template is not None
+
+
+@pytest.mark.parametrize("algorithm", ["ipo", "simpo", "orpo"])
+def test_other_algorithms_train_and_save(start_model: Path, tmp_path: Path, algorithm: str) -> None:
+    out = tmp_path / algorithm
+    settings = TrainSettings(**{**_fields(FAST), "algorithm": algorithm})
+
+    result = train_policy(
+        PAIRS, model_path=str(start_model), output_dir=str(out), settings=settings
+    )
+
+    assert result.steps == 2
+    _assert_finite_history(result)
+    assert _max_difference(_weights(out), _weights(start_model)) > 1e-5
+
+
+def test_lora_merged_is_a_plain_folder(start_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "merged"
+    settings = TrainSettings(**{**_fields(FAST), "lora": LoraSettings(r=4, alpha=8, merge=True)})
+
+    train_policy(PAIRS, model_path=str(start_model), output_dir=str(out), settings=settings)
+
+    assert not (out / "adapter_config.json").exists()
+    assert (out / "config.json").exists()
+    assert _max_difference(_weights(out), _weights(start_model)) > 1e-6
+
+
+def test_lora_unmerged_saves_an_adapter(start_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "adapter"
+    lora = LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj"), merge=False)
+    settings = TrainSettings(**{**_fields(FAST), "lora": lora})
+
+    train_policy(PAIRS, model_path=str(start_model), output_dir=str(out), settings=settings)
+
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(start_model)
+    assert set(adapter_config["target_modules"]) == {"q_proj", "v_proj"}
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(str(out))
+    lora_b = [v for k, v in model.state_dict().items() if "lora_B" in k]
+    assert lora_b and max(float(v.abs().max()) for v in lora_b) > 0  # B starts at zero
+
+
+def test_dpo_reference_is_the_start_policy(
+    start_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy object's name_or_path points at another model; the reference must not."""
+    decoy = build_tiny_model(tmp_path / "decoy", seed=1)
+    load = train_mod._load_causal_lm
+
+    def load_with_foreign_name(path: str, dtype: Any) -> Any:
+        model = load(path, dtype)
+        model.config._name_or_path = str(decoy)
+        model.name_or_path = str(decoy)
+        return model
+
+    monkeypatch.setattr(train_mod, "_load_causal_lm", load_with_foreign_name)
+    trainer = train_mod._build_trainer(
+        PAIRS, model_path=str(start_model), settings=FAST, scratch_dir=str(tmp_path / "scratch")
+    )
+
+    reference = trainer.accelerator.unwrap_model(trainer.ref_model)
+    ref_weights = {k: v.detach() for k, v in reference.state_dict().items()}
+    assert _max_difference(ref_weights, _weights(start_model)) == 0.0
+    assert _max_difference(_weights(decoy), _weights(start_model)) > 1e-3
+    assert not any(p.requires_grad for p in reference.parameters())
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_and_save(
+    start_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _force_cpu(monkeypatch)
+    out = tmp_path / "ddp"
+    logged: list[dict] = []
+    settings = TrainSettings(**{**_fields(FAST), "num_processes": 2, "per_device_batch_size": 2})
+
+    result = train_policy(
+        PAIRS,
+        model_path=str(start_model),
+        output_dir=str(out),
+        settings=settings,
+        on_log=logged.append,
+    )
+
+    # 8 pairs over 2 ranks x 2 per rank: 2 optimiser steps, each over the global batch.
+    assert result.steps == 2
+    assert result.num_pairs == len(PAIRS)
+    _assert_finite_history(result)
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2]
+    assert _max_difference(_weights(out), _weights(start_model)) > 1e-5
+
+
+@pytest.mark.slow
+def test_failed_launch_reports_worker_stderr(
+    start_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _force_cpu(monkeypatch)
+    # Loads fine up to the point where the worker finds nothing to format pairs with.
+    broken = tmp_path / "no-template"
+    shutil.copytree(start_model, broken)
+    (broken / "chat_template.jinja").unlink()
+    settings = TrainSettings(**{**_fields(FAST), "num_processes": 2})
+
+    with pytest.raises(RuntimeError, match="has no chat template"):
+        train_policy(
+            PAIRS,
+            model_path=str(broken),
+            output_dir=str(tmp_path / "out"),
+            settings=settings,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_start_folder_fails_before_launching(tmp_path: Path) -> None:
+    settings = TrainSettings(**{**_fields(FAST), "num_processes": 2})
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        train_policy(
+            PAIRS,
+            model_path=str(tmp_path / "nothing"),
+            output_dir=str(tmp_path / "out"),
+            settings=settings,
+        )
+
+
+def test_empty_pairs_are_rejected(start_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one preference pair"):
+        train_policy([], model_path=str(start_model), output_dir=str(tmp_path), settings=FAST)
+
+
+def test_malformed_pairs_and_settings_are_rejected(start_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'rejected'"):
+        train_policy(
+            [{"prompt": "p", "chosen": "c"}],
+            model_path=str(start_model),
+            output_dir=str(tmp_path),
+            settings=FAST,
+        )
+    with pytest.raises(ValueError, match="algorithm"):
+        TrainSettings(algorithm="ppo")
+    roundtrip = train_mod.settings_from_dict(
+        json.loads(
+            json.dumps(
+                train_mod.settings_to_dict(
+                    TrainSettings(lora=LoraSettings(target_modules=("q_proj",)))
+                )
+            )
+        )
+    )
+    assert roundtrip == TrainSettings(lora=LoraSettings(target_modules=("q_proj",)))
+
+
+def test_zero3_launch_config_is_accepted_by_accelerate(tmp_path: Path) -> None:
+    """ZeRO-3 needs GPUs to run; here only its generated launch config is checked."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    settings = TrainSettings(num_processes=4, deepspeed="zero3")
+    path = tmp_path / "accelerate.json"
+    path.write_text(json.dumps(train_mod._accelerate_config(settings, "bf16")))
+    config = ClusterConfig.from_json_file(json_file=str(path))
+    assert config.distributed_type == "DEEPSPEED"
+    assert config.num_processes == 4 and config.mixed_precision == "bf16"
+    assert config.deepspeed_config["zero_stage"] == 3
+    assert config.deepspeed_config["zero3_save_16bit_model"] is True
+
+
+def _fields(settings: TrainSettings) -> dict[str, Any]:
+    return {f: getattr(settings, f) for f in settings.__dataclass_fields__}
