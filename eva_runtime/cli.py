@@ -114,7 +114,9 @@ def phase(
     try:
         r = load_run(spec_file)
         if not 0 <= iteration < r.spec.iterations:
-            raise EvaError(f"--iteration {iteration}: the spec has iterations 0..{r.spec.iterations - 1}")
+            raise EvaError(
+                f"--iteration {iteration}: the spec has iterations 0..{r.spec.iterations - 1}"
+            )
         n = num_shards or r.spec.generation.shards
         i = shard if shard is not None else int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
         if not step.startswith("generate") and (shard or (num_shards or 1) > 1):

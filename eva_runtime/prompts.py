@@ -41,8 +41,7 @@ def _format(source: str) -> str:
         if name.endswith(ext) or name.endswith(ext + ".gz"):
             return ext
     raise InputError(
-        f"{source}: unknown prompt file type; use one of {', '.join(FORMATS)} "
-        "(spec.prompts.source)"
+        f"{source}: unknown prompt file type; use one of {', '.join(FORMATS)} (spec.prompts.source)"
     )
 
 

@@ -75,7 +75,9 @@ def preflight(run: EvaRun) -> None:
         ("spec.rewardModel.judgeEndpoint", s.reward_model.judge_endpoint),
     ):
         if ep is not None and ep.api_key_env and ep.api_key_env not in os.environ:
-            problems.append(f"{ep_field}.apiKeyEnv: environment variable {ep.api_key_env} is not set")
+            problems.append(
+                f"{ep_field}.apiKeyEnv: environment variable {ep.api_key_env} is not set"
+            )
     if problems:
         raise EvaError("cannot start the run:\n" + "\n".join(f"  {p}" for p in problems))
 

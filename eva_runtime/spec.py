@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,43 +45,43 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------- enums
 
 
-class RewardType(str, Enum):
+class RewardType(StrEnum):
     classifier = "classifier"
     armo = "armo"
     judge = "judge"
     python = "python"
 
 
-class GenerationBackend(str, Enum):
+class GenerationBackend(StrEnum):
     auto = "auto"
     transformers = "transformers"
     vllm = "vllm"
     openai = "openai"
 
 
-class Informativeness(str, Enum):
+class Informativeness(StrEnum):
     gap = "gap"
     maxmean = "maxmean"
     mean = "mean"
     variance = "variance"
     dts = "dts"
-    gapInverse = "gapInverse"  # noqa: N815 - the spec's spelling
-    meanInverse = "meanInverse"  # noqa: N815
+    gapInverse = "gapInverse"
+    meanInverse = "meanInverse"
     uniform = "uniform"
 
 
-class Sampling(str, Enum):
-    importanceWeighted = "importanceWeighted"  # noqa: N815
+class Sampling(StrEnum):
+    importanceWeighted = "importanceWeighted"
     greedy = "greedy"
     stratified = "stratified"
 
 
-class EvolveMethod(str, Enum):
-    evolInstruct = "evolInstruct"  # noqa: N815
+class EvolveMethod(StrEnum):
+    evolInstruct = "evolInstruct"
     none = "none"
 
 
-class Algorithm(str, Enum):
+class Algorithm(StrEnum):
     dpo = "dpo"
     simpo = "simpo"
     ipo = "ipo"
@@ -149,7 +149,9 @@ class RewardModelSpec(_Model):
             if not self.function:
                 raise ValueError("function: required when type is python ('module:function')")
             if not _FUNCTION_REF.match(self.function):
-                raise ValueError(f"function: {self.function!r} is not of the form 'module:function'")
+                raise ValueError(
+                    f"function: {self.function!r} is not of the form 'module:function'"
+                )
         elif t in ("classifier", "armo"):
             if not self.model:
                 raise ValueError(f"model: required when type is {t}")
@@ -166,7 +168,7 @@ class RewardModelSpec(_Model):
 class PromptsSpec(_Model):
     source: str = Field(
         min_length=1,
-        description="A .jsonl, .json, .parquet or .csv file (path or fsspec URI) with a prompt column.",
+        description="A .jsonl, .json, .parquet or .csv file (path or fsspec URI).",
     )
     column: str = Field(default="prompt", min_length=1, description="Column holding the prompt.")
     id_column: str | None = Field(
@@ -338,7 +340,8 @@ class ResourcesSpec(_Model):
 
 class StorageSpec(_Model):
     uri: str | None = Field(
-        default=None, description="Artifact root: a path (PVC mount) or fsspec URI; local default ./eva-runs."
+        default=None,
+        description="Artifact root: a path (PVC mount) or fsspec URI; local default ./eva-runs.",
     )
 
 
@@ -491,7 +494,9 @@ def load_runs(path: str | Path) -> list[EvaRun]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+        raise SpecError(
+            str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]
+        ) from None
     runs: list[EvaRun] = []
     errors: list[str] = []
     candidates = [d for d in docs if not isinstance(d, dict) or d.get("kind", KIND) == KIND]

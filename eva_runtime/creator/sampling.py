@@ -27,7 +27,7 @@ def sample_size(num_prompts: int, fraction: float) -> int:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if num_prompts <= 0:
         return 0
-    return min(num_prompts, max(1, int(math.floor(fraction * num_prompts + 0.5))))
+    return min(num_prompts, max(1, math.floor(fraction * num_prompts + 0.5)))
 
 
 def normalised_weights(scores: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ class Context:
     run_dir: RunDir
 
     @property
-    def spec(self):  # noqa: ANN201 - EvaRunSpec
+    def spec(self):
         return self.run.spec
 
     # ------------------------------------------------------------------ prompts
@@ -76,7 +76,9 @@ class Context:
         summary = self.run_dir.require(sd, f"the {step} step of iteration {iteration}")
         num_shards = int(summary["num_shards"])
         frames = [
-            pd.read_parquet(self.run_dir.shard(iteration, step, i, num_shards).path / "rollouts.parquet")
+            pd.read_parquet(
+                self.run_dir.shard(iteration, step, i, num_shards).path / "rollouts.parquet"
+            )
             for i in range(num_shards)
         ]
         frames = [f for f in frames if len(f)]
@@ -240,12 +242,18 @@ def finalize_sharded(run_dir: RunDir, iteration: int, step: str, num_shards: int
     prompts = counts.get("prompts", 0)
     if responses:
         counts["reward_mean"] = (
-            sum(s["counts"].get("reward_mean", 0.0) * s["counts"].get("responses", 0) for s in shards)
+            sum(
+                s["counts"].get("reward_mean", 0.0) * s["counts"].get("responses", 0)
+                for s in shards
+            )
             / responses
         )
     if prompts:
         counts["reward_gap_mean"] = (
-            sum(s["counts"].get("reward_gap_mean", 0.0) * s["counts"].get("prompts", 0) for s in shards)
+            sum(
+                s["counts"].get("reward_gap_mean", 0.0) * s["counts"].get("prompts", 0)
+                for s in shards
+            )
             / prompts
         )
     digests = {
@@ -269,7 +277,9 @@ def quantiles(values: np.ndarray) -> dict[str, float]:
     if values.size == 0:
         return {}
     qs = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
-    return {f"q{int(q * 100)}": float(v) for q, v in zip((0.0, 0.25, 0.5, 0.75, 1.0), qs, strict=True)}
+    return {
+        f"q{int(q * 100)}": float(v) for q, v in zip((0.0, 0.25, 0.5, 0.75, 1.0), qs, strict=True)
+    }
 
 
 def ensure_dir(path: Path) -> Path:

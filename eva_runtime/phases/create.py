@@ -36,7 +36,7 @@ def buffer_size(num_evolved: int, ratio: float, available: int) -> int:
     """Buffer prompts so they make ``ratio`` of the mix: b / (b + e) = ratio."""
     if num_evolved == 0:
         return available
-    return min(available, int(math.floor(num_evolved * ratio / (1.0 - ratio) + 0.5)))
+    return min(available, math.floor(num_evolved * ratio / (1.0 - ratio) + 0.5))
 
 
 def run_create(ctx: Context, iteration: int) -> dict:

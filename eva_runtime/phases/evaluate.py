@@ -81,10 +81,12 @@ def run_evaluate(ctx: Context, iteration: int) -> dict:
     paired = new.merge(prev, on=key, suffixes=("_new", "_prev"))
     counts = {
         "heldout": len(heldout),
-        "samples": int(len(new)),
+        "samples": len(new),
         "reward_previous": float(prev["reward"].mean()),
         "reward_new": float(new["reward"].mean()),
-        "reward_new_sem": float(new["reward"].std(ddof=1) / np.sqrt(len(new))) if len(new) > 1 else 0.0,
+        "reward_new_sem": float(new["reward"].std(ddof=1) / np.sqrt(len(new)))
+        if len(new) > 1
+        else 0.0,
         "win_rate": win_rate(paired["reward_new"].to_numpy(), paired["reward_prev"].to_numpy()),
         "truncated_new": int((new["finish_reason"] == "length").sum()),
     }

@@ -17,7 +17,7 @@ from eva_runtime.phases.context import ROLLOUT_COLUMNS, Context, derive_seed, fi
 from eva_runtime.progress import note, task
 
 
-def _sampling(ctx: Context, seed: int):  # noqa: ANN202
+def _sampling(ctx: Context, seed: int):
     from eva_runtime.backends.generation import SamplingParams
 
     g = ctx.spec.generation
@@ -36,9 +36,9 @@ def generate_and_score(
     *,
     model_path: str,
     iteration: int,
-    params,  # noqa: ANN001 - SamplingParams
+    params,
     label: str,
-    reward_model=None,  # noqa: ANN001
+    reward_model=None,
 ) -> pd.DataFrame:
     """Responses and rewards for ``prompts`` as a long table (one row per response)."""
     if prompts.empty:
@@ -63,7 +63,9 @@ def generate_and_score(
     rm = ctx.reward_model() if own else reward_model
     try:
         with task(f"{label}: scoring", len(frame)) as advance:
-            scores = rm.score(frame["prompt"].tolist(), frame["response"].tolist(), on_progress=advance)
+            scores = rm.score(
+                frame["prompt"].tolist(), frame["response"].tolist(), on_progress=advance
+            )
     finally:
         if own:
             rm.close()
@@ -90,7 +92,9 @@ def run_generate(
     if sd.begin():
         prompts = ctx.prompt_set(iteration) if step == "generate" else ctx.evolved_set(iteration)
         mine = prompts.iloc[shard::num_shards]
-        label = f"iter {iteration} {step}" + (f" [{shard + 1}/{num_shards}]" if num_shards > 1 else "")
+        label = f"iter {iteration} {step}" + (
+            f" [{shard + 1}/{num_shards}]" if num_shards > 1 else ""
+        )
         if mine.empty:
             note(f"{label}: no prompts in this shard")
             frame = pd.DataFrame({c: [] for c in ROLLOUT_COLUMNS})
@@ -107,8 +111,8 @@ def run_generate(
         gaps = frame.groupby("prompt_id", sort=False)["reward"].agg(lambda s: s.max() - s.min())
         sd.finish(
             {
-                "prompts": int(len(mine)),
-                "responses": int(len(frame)),
+                "prompts": len(mine),
+                "responses": len(frame),
                 "truncated": int((frame["finish_reason"] == "length").sum()),
                 "tokens": int(frame["num_tokens"].sum()) if len(frame) else 0,
                 "reward_mean": float(rewards.mean()) if rewards.size else 0.0,

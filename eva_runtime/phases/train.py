@@ -21,7 +21,9 @@ from eva_runtime.progress import note, task, warn
 from eva_runtime.solver.pairs import preference_pairs
 
 
-def pairs_from(rollouts: pd.DataFrame, *, drop_truncated: bool, origin: str) -> tuple[pd.DataFrame, dict]:
+def pairs_from(
+    rollouts: pd.DataFrame, *, drop_truncated: bool, origin: str
+) -> tuple[pd.DataFrame, dict]:
     ids, rewards, stop = reward_matrix(rollouts)
     if not ids:
         return pd.DataFrame(), {"tied": 0, "too_few": 0}
@@ -43,7 +45,7 @@ def pairs_from(rollouts: pd.DataFrame, *, drop_truncated: bool, origin: str) -> 
     return frame, {"tied": idx.tied, "too_few": idx.too_few}
 
 
-def train_settings(ctx: Context, num_pairs: int, iteration: int):  # noqa: ANN201
+def train_settings(ctx: Context, num_pairs: int, iteration: int):
     from eva_runtime.phases.context import derive_seed
     from eva_runtime.solver.train import LoraSettings, TrainSettings
 
@@ -102,9 +104,11 @@ def run_train(ctx: Context, iteration: int) -> dict:
         parts.append(frame)
         for k in stats:
             stats[k] += st[k]
-    pairs = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(
-        len(p) for p in parts
-    ) else pd.DataFrame(columns=["prompt_id", "prompt", "chosen", "rejected", "origin"])
+    pairs = (
+        pd.concat([p for p in parts if len(p)], ignore_index=True)
+        if any(len(p) for p in parts)
+        else pd.DataFrame(columns=["prompt_id", "prompt", "chosen", "rejected", "origin"])
+    )
     write_parquet(sd.path / "pairs.parquet", pairs)
     policy = ctx.policy_path(iteration)
     counts: dict = {

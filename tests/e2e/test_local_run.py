@@ -22,10 +22,23 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def write_prompts(path: Path, n: int) -> Path:
-    topics = ["rivers", "bread", "stars", "chess", "clouds", "trains", "bees", "maps", "glass", "salt"]
+    topics = [
+        "rivers",
+        "bread",
+        "stars",
+        "chess",
+        "clouds",
+        "trains",
+        "bees",
+        "maps",
+        "glass",
+        "salt",
+    ]
     with path.open("w") as fh:
         for i in range(n):
-            fh.write(json.dumps({"prompt": f"Tell me {i} facts about {topics[i % len(topics)]}."}) + "\n")
+            fh.write(
+                json.dumps({"prompt": f"Tell me {i} facts about {topics[i % len(topics)]}."}) + "\n"
+            )
     return path
 
 
@@ -41,7 +54,12 @@ def tiny_manifest(tmp: Path, model: Path, *, creator: bool = True, name: str = "
             "policy": {"model": str(model)},
             "rewardModel": {"type": "python", "function": "eva_runtime.rewards:length_target"},
             "prompts": {"source": str(prompts), "heldOut": 3},
-            "generation": {"backend": "transformers", "samplesPerPrompt": 3, "maxNewTokens": 12, "batchSize": 8},
+            "generation": {
+                "backend": "transformers",
+                "samplesPerPrompt": 3,
+                "maxNewTokens": 12,
+                "batchSize": 8,
+            },
             "creator": {
                 "enabled": creator,
                 "sampleFraction": 0.5,
@@ -83,7 +101,9 @@ def test_one_eva_iteration_runs_every_step(tmp_path: Path, tiny_model: Path) -> 
     prep = rd.prepare().summary()["counts"]
     assert (prep["prompts"], prep["heldout"]) == (12, 3)
 
-    rollouts = pd.read_parquet(rd.step(0, "generate").path / "shard-00000-of-00001" / "rollouts.parquet")
+    rollouts = pd.read_parquet(
+        rd.step(0, "generate").path / "shard-00000-of-00001" / "rollouts.parquet"
+    )
     assert len(rollouts) == 12 * 3 and rollouts["reward"].notna().all()
 
     create = rd.step(0, "create")
@@ -114,7 +134,9 @@ def test_one_eva_iteration_runs_every_step(tmp_path: Path, tiny_model: Path) -> 
     print(f"one eva iteration on the tiny model: {elapsed:.1f}s")
 
 
-def test_baseline_runs_generate_train_evaluate_on_fixed_prompts(tmp_path: Path, tiny_model: Path) -> None:
+def test_baseline_runs_generate_train_evaluate_on_fixed_prompts(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     run = load_run(tiny_manifest(tmp_path, tiny_model, creator=False, name="baseline"))
     run.spec.iterations = 2
     t0 = time.time()
@@ -123,8 +145,12 @@ def test_baseline_runs_generate_train_evaluate_on_fixed_prompts(tmp_path: Path, 
     for t in (0, 1):
         assert not rd.step(t, "create").path.exists()
         assert rd.step(t, "evaluate").complete()
-        g = pd.read_parquet(rd.step(t, "generate").path / "shard-00000-of-00001" / "rollouts.parquet")
-        assert sorted(set(g["prompt_id"])) == sorted(pd.read_parquet(rd.prepare().path / "train.parquet")["prompt_id"])
+        g = pd.read_parquet(
+            rd.step(t, "generate").path / "shard-00000-of-00001" / "rollouts.parquet"
+        )
+        assert sorted(set(g["prompt_id"])) == sorted(
+            pd.read_parquet(rd.prepare().path / "train.parquet")["prompt_id"]
+        )
     # The second iteration starts from the first one's policy.
     assert rd.step(1, "train").summary()["policy"] == str(rd.step(0, "train").path / "model")
     # Held-out "previous" of iteration 1 is iteration 0's "new": one evaluation per policy.
@@ -162,7 +188,7 @@ def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path
     manifest = tiny_manifest(tmp_path, tiny_model, name="resume")
     # Reference: one uninterrupted run.
     ref = _eva("run", str(manifest), "--workdir", str(tmp_path / "ref"), cwd=tmp_path)
-    out, err = ref.communicate(timeout=240)
+    _out, err = ref.communicate(timeout=240)
     assert ref.returncode == 0, err
     ref_digests = digests(tmp_path / "ref" / "default" / "resume")
 
@@ -180,7 +206,7 @@ def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path
     assert (work / "iter-0" / "generate" / "_SUCCESS.json").exists()
 
     again = _eva("run", str(manifest), "--workdir", str(tmp_path / "killed"), cwd=tmp_path)
-    out, err = again.communicate(timeout=240)
+    _out, err = again.communicate(timeout=240)
     assert again.returncode == 0, err
     assert digests(work) == ref_digests
 
@@ -188,7 +214,7 @@ def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path
 def test_unreadable_model_path_fails_before_any_work(tmp_path: Path, tiny_model: Path) -> None:
     manifest = tiny_manifest(tmp_path, tmp_path / "no-such-model")
     proc = _eva("run", str(manifest), "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "spec.policy.model" in err and "no-such-model" in err
     assert "Traceback" not in err
@@ -199,12 +225,14 @@ def test_bad_prompt_file_names_file_and_line(tmp_path: Path, tiny_model: Path) -
     manifest = tiny_manifest(tmp_path, tiny_model)
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "ok"}\n{"prompt": oops}\n')
     proc = _eva("run", str(manifest), "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "prompts.jsonl:2: not valid JSON" in err and "Traceback" not in err
 
 
-def test_phase_commands_run_steps_alone_and_shard_generation(tmp_path: Path, tiny_model: Path) -> None:
+def test_phase_commands_run_steps_alone_and_shard_generation(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     manifest = tiny_manifest(tmp_path, tiny_model, name="phases")
     run_dir = tmp_path / "rd"
     common = ["--spec", str(manifest), "--run-dir", str(run_dir), "--iteration", "0"]
@@ -226,6 +254,14 @@ def test_phase_commands_run_steps_alone_and_shard_generation(tmp_path: Path, tin
     train = pd.read_parquet(run_dir / "prepare" / "train.parquet")
     assert scores["prompt_id"].tolist() == train["prompt_id"].tolist()
     # A step whose inputs are missing says which step to run first.
-    p = _eva("phase", "train", "--spec", str(manifest), "--run-dir", str(tmp_path / "empty"), cwd=tmp_path)
-    out, err = p.communicate(timeout=60)
+    p = _eva(
+        "phase",
+        "train",
+        "--spec",
+        str(manifest),
+        "--run-dir",
+        str(tmp_path / "empty"),
+        cwd=tmp_path,
+    )
+    _out, err = p.communicate(timeout=60)
     assert p.returncode == 2 and "run it first" in err

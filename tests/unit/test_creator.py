@@ -57,7 +57,10 @@ def test_all_equal_scores_give_uniform_weights_not_nan() -> None:
     np.testing.assert_allclose(w, 0.25)
 
 
-@pytest.mark.parametrize(("n", "fraction", "k"), [(10, 0.25, 3), (4, 0.25, 1), (1, 0.25, 1), (0, 0.5, 0), (8, 1.0, 8), (3, 0.5, 2)])
+@pytest.mark.parametrize(
+    ("n", "fraction", "k"),
+    [(10, 0.25, 3), (4, 0.25, 1), (1, 0.25, 1), (0, 0.5, 0), (8, 1.0, 8), (3, 0.5, 2)],
+)
 def test_sample_size_rounds_half_up_and_keeps_at_least_one(n: int, fraction: float, k: int) -> None:
     assert sample_size(n, fraction) == k
 
@@ -76,7 +79,9 @@ def test_importance_weighted_never_takes_weight_zero_when_enough_others() -> Non
 def test_importance_weighted_draws_without_replacement_with_the_right_probabilities() -> None:
     # weights [0, 1/6, 2/6, 3/6], k = 2: P({2,3}) = 7/12, P({1,3}) = 4/15, P({1,2}) = 3/20.
     trials = 6000
-    seen = Counter(tuple(sample_prompts([0.0, 1.0, 2.0, 3.0], 0.5, seed=s).tolist()) for s in range(trials))
+    seen = Counter(
+        tuple(sample_prompts([0.0, 1.0, 2.0, 3.0], 0.5, seed=s).tolist()) for s in range(trials)
+    )
     expected = {(2, 3): 7 / 12, (1, 3): 4 / 15, (1, 2): 3 / 20}
     assert set(seen) == set(expected)
     for pair, p in expected.items():

@@ -15,7 +15,10 @@ from eva_runtime.creator.evolve import (
 @pytest.mark.parametrize(
     ("reply", "prompt"),
     [
-        ('Sure! Here is the rewritten prompt:\n"Write a poem about cats in 3 stanzas."', "Write a poem about cats in 3 stanzas."),
+        (
+            'Sure! Here is the rewritten prompt:\n"Write a poem about cats in 3 stanzas."',
+            "Write a poem about cats in 3 stanzas.",
+        ),
         ("**New Prompt:** Explain X in detail", "Explain X in detail"),
         ("#New Prompt#:\nDo Y step by step.\n\nAnswer: it is 4", "Do Y step by step."),
         ("```\nList five rivers.\n```", "List five rivers."),

@@ -24,7 +24,9 @@ def test_ids_are_stable_and_derived_from_text(tmp_path: Path) -> None:
 
 
 def test_malformed_json_line_is_named(tmp_path: Path) -> None:
-    f = write_jsonl(tmp_path / "p.jsonl", ['{"prompt": "ok"}', '{"prompt": "broken"', '{"prompt": "x"}'])
+    f = write_jsonl(
+        tmp_path / "p.jsonl", ['{"prompt": "ok"}', '{"prompt": "broken"', '{"prompt": "x"}']
+    )
     with pytest.raises(InputError, match=r"p\.jsonl:2: not valid JSON"):
         load_prompts(f)
 
@@ -37,13 +39,18 @@ def test_non_utf8_line_is_named(tmp_path: Path) -> None:
 
 
 def test_empty_prompts_are_skipped_and_counted(tmp_path: Path) -> None:
-    f = write_jsonl(tmp_path / "p.jsonl", ['{"prompt": "a"}', '{"prompt": "   "}', '{"prompt": ""}', '{"prompt": "b"}'])
+    f = write_jsonl(
+        tmp_path / "p.jsonl",
+        ['{"prompt": "a"}', '{"prompt": "   "}', '{"prompt": ""}', '{"prompt": "b"}'],
+    )
     t = load_prompts(f)
     assert t.prompts == ["a", "b"] and t.skipped == {"empty": 2} and t.rows_read == 4
 
 
 def test_repeated_texts_without_ids_are_skipped_and_counted(tmp_path: Path) -> None:
-    f = write_jsonl(tmp_path / "p.jsonl", ['{"prompt": "a"}', '{"prompt": " a "}', '{"prompt": "b"}'])
+    f = write_jsonl(
+        tmp_path / "p.jsonl", ['{"prompt": "a"}', '{"prompt": " a "}', '{"prompt": "b"}']
+    )
     t = load_prompts(f)
     assert t.prompts == ["a", "b"] and t.skipped == {"duplicate_text": 1}
 

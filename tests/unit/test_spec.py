@@ -19,18 +19,30 @@ def manifest(**spec: object) -> dict:
         "rewardModel": {"model": "org/rm"},
     }
     base.update(spec)
-    return {"apiVersion": "eva.dev/v1alpha1", "kind": "EvaRun", "metadata": {"name": "r1"}, "spec": base}
+    return {
+        "apiVersion": "eva.dev/v1alpha1",
+        "kind": "EvaRun",
+        "metadata": {"name": "r1"},
+        "spec": base,
+    }
 
 
 def test_defaults_follow_the_paper() -> None:
     s = parse_run(manifest()).spec
     assert s.iterations == 3 and s.seed == 42
     assert s.generation.samples_per_prompt == 6
-    assert (s.generation.temperature, s.generation.top_p, s.generation.max_new_tokens) == (0.7, 0.9, 2048)
+    assert (s.generation.temperature, s.generation.top_p, s.generation.max_new_tokens) == (
+        0.7,
+        0.9,
+        2048,
+    )
     assert s.creator.informativeness == "gap" and s.creator.sampling == "importanceWeighted"
     assert s.creator.sample_fraction == 0.25 and s.creator.buffer_ratio == 0.2
     assert s.creator.evolve.variants_per_prompt == 4
-    assert (s.creator.evolve.evolver.temperature, s.creator.evolve.evolver.max_new_tokens) == (0.88, 666)
+    assert (s.creator.evolve.evolver.temperature, s.creator.evolve.evolver.max_new_tokens) == (
+        0.88,
+        666,
+    )
     assert (s.solver.beta, s.solver.learning_rate, s.solver.epochs) == (0.05, 5e-7, 2.0)
     assert s.solver.effective_batch_size == 64
     assert s.reward_model.type == "classifier"
@@ -102,12 +114,20 @@ def test_eva_validate_exits_nonzero_and_lists_errors(tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
     doc = manifest(creator={"sampleFraction": 2})
     f.write_text(yaml.safe_dump(doc))
-    out = subprocess.run([sys.executable, "-m", "eva_runtime.cli", "validate", str(f)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "eva_runtime.cli", "validate", str(f)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1
     assert "spec.creator.sampleFraction: must be in (0, 1]" in out.stderr
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(manifest()))
-    out = subprocess.run([sys.executable, "-m", "eva_runtime.cli", "validate", str(good)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "eva_runtime.cli", "validate", str(good)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
 
 

@@ -1,0 +1,117 @@
+"""Small pieces every backend needs the same way, so that backends agree with each other.
+
+Kept free of heavy imports: torch is only touched inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "chat_messages",
+    "check_finite",
+    "derive_seed",
+    "free_torch_memory",
+    "pick_device",
+    "render_exchange",
+    "render_prompt",
+    "torch_dtype",
+]
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A stable 31-bit seed for one unit of work (a batch, a prompt, a sample).
+
+    Hashing rather than adding keeps nearby (seed, index) pairs from colliding, and 31
+    bits fit every server's and library's idea of a seed.
+    """
+    raw = ",".join(str(int(p)) for p in (seed, *parts)).encode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big") & 0x7FFFFFFF
+
+
+def chat_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+def _has_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> tuple[str, bool]:
+    """The text a chat model should continue, and whether a chat template produced it.
+
+    A template already contains the special tokens it wants, so the caller must then
+    tokenise with ``add_special_tokens=False``; plain text (a base model without a template)
+    needs the tokenizer's own BOS and friends. Some templates refuse a system role
+    (Gemma's do): the system text is then put in front of the user message instead.
+    """
+    if not _has_template(tokenizer):
+        return (f"{system}\n\n{prompt}" if system else prompt), False
+    try:
+        text = tokenizer.apply_chat_template(
+            chat_messages(prompt, system), tokenize=False, add_generation_prompt=True
+        )
+    except Exception:
+        if not system:
+            raise
+        text = tokenizer.apply_chat_template(
+            chat_messages(f"{system}\n\n{prompt}"), tokenize=False, add_generation_prompt=True
+        )
+    return text, True
+
+
+def render_exchange(tokenizer: Any, prompt: str, response: str) -> tuple[str, bool]:
+    """A finished (user, assistant) exchange as a reward model was trained to read it."""
+    if not _has_template(tokenizer):
+        return f"{prompt}\n\n{response}", False
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return tokenizer.apply_chat_template(messages, tokenize=False), True
+
+
+def check_finite(scores: Sequence[float], source: str) -> list[float]:
+    """Refuse NaN and infinities: one of them silently poisons every later mean and argmax."""
+    out = [float(s) for s in scores]
+    for i, value in enumerate(out):
+        if not math.isfinite(value):
+            raise ValueError(f"{source} produced a non-finite score ({value}) at index {i}")
+    return out
+
+
+def pick_device() -> Any:
+    import torch
+
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def torch_dtype(name: str, device: Any) -> Any:
+    """``auto`` means bfloat16 on a GPU (float16 where bf16 is missing) and float32 on CPU.
+
+    Half precision on CPU is slow and numerically poor, and a checkpoint's own dtype is often
+    float32 even when the GPU would be happier with bf16, so "auto" decides by device.
+    """
+    import torch
+
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype {name!r} is not one of auto, float32, bfloat16, float16")
+    return dtype
+
+
+def free_torch_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,168 @@
+"""The openai backend against a real OpenAI-compatible server: ``transformers serve``.
+
+The server is started as a subprocess on 127.0.0.1 and a free port, pinned to the tiny model
+folder (``transformers serve <folder>``, so a request names the model by that same path). It
+ignores ``n`` (one choice per response), which exercises the one-request-per-sample fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from tiny_model import build_tiny_model
+
+from eva_runtime.backends import (
+    BackendError,
+    Completion,
+    SamplingParams,
+    make_generator,
+)
+from eva_runtime.backends.openai_generator import OpenAIGenerator
+
+STARTUP_TIMEOUT_S = 60
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _transformers_cli() -> list[str]:
+    script = Path(sys.executable).with_name("transformers")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("transformers")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "transformers.cli.transformers"]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200 and json.load(response).get("status") == "ok"
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def served_model(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """(base_url, model name) of a running server; the server is killed afterwards."""
+    folder = build_tiny_model(tmp_path_factory.mktemp("served") / "tiny")
+    # The server samples only when the model's generation config says so (as most chat
+    # checkpoints' configs do); without it every request would be greedy.
+    config_file = folder / "generation_config.json"
+    config = json.loads(config_file.read_text())
+    config["do_sample"] = True
+    config_file.write_text(json.dumps(config))
+
+    port = _free_port()
+    command = [
+        *_transformers_cli(),
+        "serve",
+        str(folder),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+    log_path = folder.parent / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _healthy(f"http://127.0.0.1:{port}/health"):
+            if process.poll() is not None:
+                pytest.fail(
+                    f"`{' '.join(command)}` exited with {process.returncode}:\n"
+                    + log_path.read_text(errors="replace")[-3000:]
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"`{' '.join(command)}` not healthy after {STARTUP_TIMEOUT_S}s:\n"
+                    + log_path.read_text(errors="replace")[-3000:]
+                )
+            time.sleep(0.25)
+        yield f"http://127.0.0.1:{port}/v1", str(folder)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=15)
+
+
+def test_n_samples_per_prompt_with_a_server_that_ignores_n(served_model):
+    base_url, model = served_model
+    gen = make_generator("openai", model, base_url=base_url, batch_size=3)
+    assert isinstance(gen, OpenAIGenerator)
+    progress: list[int] = []
+    prompts = ["Write a short poem about the sea.", "hi", "List three uses of a paper clip."]
+    params = SamplingParams(n=3, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=11)
+    out = gen.generate(prompts, params, on_progress=progress.append)
+    gen.close()
+
+    assert gen.n_supported is False  # the server answered n=3 with a single choice
+    assert len(out) == len(prompts) and all(len(samples) == 3 for samples in out)
+    assert sum(progress) == len(prompts)
+    for samples in out:
+        for c in samples:
+            assert isinstance(c, Completion) and isinstance(c.text, str)
+            assert c.finish_reason in ("stop", "length")
+            assert 1 <= c.num_tokens <= 6
+    # Each sample was its own request with its own seed: they are not copies of each other.
+    assert any(len({c.text for c in samples}) > 1 for samples in out)
+
+
+def test_greedy_reply_cut_at_max_tokens_maps_to_length(served_model):
+    base_url, model = served_model
+    gen = make_generator("openai", model, base_url=base_url, api_key="unused-locally")
+    params = SamplingParams(n=2, temperature=0.0, max_new_tokens=5)
+    out = gen.generate(["hi", "What is the capital of France?"], params, system="Be brief.")
+    gen.close()
+    # The tiny model's greedy continuation is a run of newlines that never reaches eos.
+    for samples in out:
+        assert [c.finish_reason for c in samples] == ["length", "length"]
+        assert [c.num_tokens for c in samples] == [5, 5]
+        assert samples[0].text == samples[1].text
+
+
+def test_wrong_model_name_is_reported_with_the_server(served_model):
+    base_url, _ = served_model
+    gen = OpenAIGenerator("not/the-served-model", base_url=base_url, max_retries=0)
+    with pytest.raises(BackendError) as err:
+        gen.generate(["hi"], SamplingParams(max_new_tokens=2))
+    assert base_url in str(err.value) and "400" in str(err.value)
+
+
+def test_unreachable_server_is_a_clear_error():
+    base_url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    gen = OpenAIGenerator("m", base_url=base_url, max_retries=1)
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="cannot reach") as err:
+        gen.generate(["hi", "there"], SamplingParams(n=2, max_new_tokens=2))
+    assert base_url in str(err.value)
+    assert time.monotonic() - started < 30
