@@ -107,6 +107,8 @@ def parse_evolved(text: str) -> str:
             break
     # A model that goes on to answer its own prompt marks it; keep the prompt only.
     s = re.split(r"\n\s*(?:#+\s*)?(?:answer|response|solution)\s*#?\s*:", s, flags=re.I)[0]
+    # Small models go on with another '#Section#:' of the template; keep what precedes it.
+    s = re.split(r"\n\s*#[^#\n]{1,40}#\s*:?", s)[0]
     return s.strip()
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from eva_runtime.artifacts import write_parquet
+from eva_runtime.errors import StepError
 from eva_runtime.phases.context import Context, reward_matrix
 from eva_runtime.progress import note, task, warn
 from eva_runtime.solver.pairs import preference_pairs
@@ -85,8 +87,14 @@ def train_settings(ctx: Context, num_pairs: int, iteration: int):
 def run_train(ctx: Context, iteration: int) -> dict:
     rd = ctx.run_dir
     sd = rd.step(iteration, "train")
-    if not sd.begin():
+    if sd.complete():
         return sd.summary()
+    upstream = (
+        ("generate", "create", "generate-evolved") if ctx.spec.creator.enabled else ("generate",)
+    )
+    for step in upstream:
+        rd.require(rd.step(iteration, step), f"the {step} step of iteration {iteration}")
+    sd.begin()
     drop = ctx.spec.generation.truncated == "drop"
     parts, stats = [], {"tied": 0, "too_few": 0}
     if ctx.spec.creator.enabled:
@@ -123,6 +131,11 @@ def run_train(ctx: Context, iteration: int) -> dict:
             f"iteration {iteration}: no preference pairs (every prompt's rewards tied); "
             "the policy is carried over unchanged"
         )
+        if not Path(policy).is_dir():
+            raise StepError(
+                f"iteration {iteration}: no preference pairs to train on, and the policy "
+                f"{policy!r} is not a local folder that could be carried over"
+            )
         shutil.copytree(policy, sd.path / "model")
         return sd.finish({**counts, "steps": 0, "trained": 0}, policy=policy)
     from eva_runtime.solver.train import train_policy
@@ -153,8 +166,12 @@ def run_train(ctx: Context, iteration: int) -> dict:
                 advance(step - last[0])
                 last[0] = step
 
+        records = pairs[["prompt", "chosen", "rejected"]].to_dict("records")
+        if ctx.spec.generation.system_prompt:
+            for r in records:
+                r["system"] = ctx.spec.generation.system_prompt
         result = train_policy(
-            pairs[["prompt", "chosen", "rejected"]].to_dict("records"),
+            records,
             model_path=policy,
             output_dir=str(sd.path / "model"),
             settings=settings,

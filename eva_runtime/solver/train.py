@@ -238,6 +238,11 @@ def _validated_pairs(pairs: Sequence[Mapping[str, str]]) -> list[dict[str, str]]
             if not isinstance(value, str):
                 raise ValueError(f"preference pair {index} needs a string {key!r}, got {value!r}")
             record[key] = value
+        system = pair.get("system") if isinstance(pair, Mapping) else None
+        if system is not None and not isinstance(system, str):
+            raise ValueError(f"preference pair {index}: 'system' must be a string, got {system!r}")
+        if system:
+            record["system"] = system
         records.append(record)
     if not records:
         raise ValueError("train_policy needs at least one preference pair; got an empty list")
@@ -256,9 +261,15 @@ def _check_start_folder(model_path: str) -> None:
 
 
 def _conversational(record: Mapping[str, str]) -> dict[str, list[dict[str, str]]]:
-    """TRL's conversational preference format, so the trainers apply the chat template."""
+    """TRL's conversational preference format, so the trainers apply the chat template.
+
+    A ``system`` message, when the pair has one, is the one the responses were sampled
+    under: training on the same conversation keeps the policy's log-probabilities those
+    of the sampling distribution.
+    """
+    system = [{"role": "system", "content": record["system"]}] if record.get("system") else []
     return {
-        "prompt": [{"role": "user", "content": record["prompt"]}],
+        "prompt": [*system, {"role": "user", "content": record["prompt"]}],
         "chosen": [{"role": "assistant", "content": record["chosen"]}],
         "rejected": [{"role": "assistant", "content": record["rejected"]}],
     }

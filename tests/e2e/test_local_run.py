@@ -42,7 +42,14 @@ def write_prompts(path: Path, n: int) -> Path:
     return path
 
 
-def tiny_manifest(tmp: Path, model: Path, *, creator: bool = True, name: str = "tiny") -> Path:
+def tiny_manifest(
+    tmp: Path,
+    model: Path,
+    *,
+    creator: bool = True,
+    name: str = "tiny",
+    reward: str = "eva_runtime.rewards:length_target",
+) -> Path:
     prompts = write_prompts(tmp / "prompts.jsonl", 15)
     doc = {
         "apiVersion": "eva.dev/v1alpha1",
@@ -52,7 +59,7 @@ def tiny_manifest(tmp: Path, model: Path, *, creator: bool = True, name: str = "
             "iterations": 1,
             "seed": 7,
             "policy": {"model": str(model)},
-            "rewardModel": {"type": "python", "function": "eva_runtime.rewards:length_target"},
+            "rewardModel": {"type": "python", "function": reward},
             "prompts": {"source": str(prompts), "heldOut": 3},
             "generation": {
                 "backend": "transformers",
@@ -172,8 +179,10 @@ def test_rerunning_a_complete_run_does_nothing(tmp_path: Path, tiny_model: Path)
     assert {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("_SUCCESS.json")} == stamps
 
 
-def _eva(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def _eva(*args: str, cwd: Path, **env_extra: str) -> subprocess.Popen:
+    here = str(Path(__file__).parent)
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **env_extra}
     return subprocess.Popen(
         [sys.executable, "-m", "eva_runtime.cli", *args],
         cwd=cwd,
@@ -185,30 +194,43 @@ def _eva(*args: str, cwd: Path) -> subprocess.Popen:
 
 
 def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path) -> None:
-    manifest = tiny_manifest(tmp_path, tiny_model, name="resume")
+    manifest = tiny_manifest(
+        tmp_path, tiny_model, name="resume", reward="paused_reward:length_after_pause"
+    )
     # Reference: one uninterrupted run.
     ref = _eva("run", str(manifest), "--workdir", str(tmp_path / "ref"), cwd=tmp_path)
     _out, err = ref.communicate(timeout=240)
     assert ref.returncode == 0, err
     ref_digests = digests(tmp_path / "ref" / "default" / "resume")
 
-    # Same run, killed while the create step is under way, then started again.
+    # The same run, killed while generate-evolved is scoring (the reward pauses there), after
+    # generate and create completed; then started again.
     work = tmp_path / "killed" / "default" / "resume"
-    proc = _eva("run", str(manifest), "--workdir", str(tmp_path / "killed"), cwd=tmp_path)
-    create_dir = work / "iter-0" / "create"
+    proc = _eva(
+        "run",
+        str(manifest),
+        "--workdir",
+        str(tmp_path / "killed"),
+        cwd=tmp_path,
+        EVA_TEST_REWARD_PAUSE="1.5",
+    )
+    step_dir = work / "iter-0" / "generate-evolved"
     deadline = time.time() + 180
-    while not create_dir.exists() and time.time() < deadline and proc.poll() is None:
+    while not step_dir.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    assert proc.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (create_dir / "_SUCCESS.json").exists()
-    assert (work / "iter-0" / "generate" / "_SUCCESS.json").exists()
+    assert (work / "iter-0" / "create" / "_SUCCESS.json").exists()
+    assert step_dir.exists() and not (step_dir / "_SUCCESS.json").exists()
+    assert not (work / "iter-0" / "train").exists()
 
     again = _eva("run", str(manifest), "--workdir", str(tmp_path / "killed"), cwd=tmp_path)
     _out, err = again.communicate(timeout=240)
     assert again.returncode == 0, err
     assert digests(work) == ref_digests
+    assert len(ref_digests) >= 8  # prepare, every step and every shard: nothing skipped
 
 
 def test_unreadable_model_path_fails_before_any_work(tmp_path: Path, tiny_model: Path) -> None:

@@ -21,6 +21,7 @@ from eva_runtime.creator.evolve import (
         ),
         ("**New Prompt:** Explain X in detail", "Explain X in detail"),
         ("#New Prompt#:\nDo Y step by step.\n\nAnswer: it is 4", "Do Y step by step."),
+        ("Add a flourish.\n\n#New Prompt#:\nSend the flowers.", "Add a flourish."),
         ("```\nList five rivers.\n```", "List five rivers."),
         ("Rewritten prompt - Compare A and B", "Compare A and B"),
         ("“Quoted task here”", "Quoted task here"),
