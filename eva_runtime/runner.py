@@ -87,7 +87,18 @@ def run_all(run: EvaRun, workdir: str | Path | None = None, *, check: bool = Tru
         preflight(run)
     path = run_dir_for(run, workdir)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "evarun.yaml").write_text(_manifest(run))
+    recorded = path / "evarun.yaml"
+    if recorded.exists():
+        from eva_runtime.spec import load_run
+
+        changed = spec_changes(load_run(recorded), run)
+        if changed:
+            raise EvaError(
+                f"{path} holds this run with a different spec ({', '.join(changed)}); its "
+                "complete steps would not match. Use another --workdir or metadata.name, or "
+                "delete the folder (only spec.iterations may change between runs)"
+            )
+    recorded.write_text(_manifest(run))
     ctx = Context(run=run, run_dir=RunDir(path))
     note(f"eva run {run.namespace}/{run.name}: {run.spec.iterations} iterations in {path}")
     run_phase(ctx, "prepare")
@@ -105,6 +116,23 @@ def run_all(run: EvaRun, workdir: str | Path | None = None, *, check: bool = Tru
     rows = summary_rows(ctx.run_dir, run.spec.iterations)
     print_summary(rows, path)
     return RunResult(run_dir=path, rows=rows)
+
+
+def spec_changes(old: EvaRun, new: EvaRun) -> list[str]:
+    """Spec fields (camelCase paths) that differ, ignoring iterations (a run may be extended)."""
+
+    def flat(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flat(f"{prefix}.{k}" if prefix else k, v, out)
+        else:
+            out[prefix] = value
+        return out
+
+    a = flat("spec", old.spec.model_dump(by_alias=True, mode="json"), {})
+    b = flat("spec", new.spec.model_dump(by_alias=True, mode="json"), {})
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if k != "spec.iterations" and a.get(k) != b.get(k)]
 
 
 def _manifest(run: EvaRun) -> str:

@@ -287,3 +287,18 @@ def test_phase_commands_run_steps_alone_and_shard_generation(
     )
     _out, err = p.communicate(timeout=60)
     assert p.returncode == 2 and "run it first" in err
+
+
+def test_a_changed_spec_is_refused_in_the_same_run_directory(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from eva_runtime.errors import EvaError
+
+    run = load_run(tiny_manifest(tmp_path, tiny_model, creator=False, name="changed"))
+    run_all(run, tmp_path / "runs")
+    run.spec.iterations = 2  # extending a run is allowed: only the new iteration runs
+    result = run_all(run, tmp_path / "runs")
+    assert len(result.rows) == 2
+    run.spec.solver.beta = 0.5
+    with pytest.raises(EvaError, match=r"different spec \(spec.solver.beta\)"):
+        run_all(run, tmp_path / "runs")
