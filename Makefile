@@ -10,7 +10,11 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO ?= manifests/examples/smollm2-cpu.yaml
 WORKDIR ?= eva-runs
 
-.PHONY: run test lint bench clean venv
+# Real components the tests start: Prometheus, Pushgateway, headless Chromium (Debian).
+DEB_PACKAGES ?= prometheus prometheus-pushgateway chromium
+DEB_BINARIES ?= /usr/bin/prometheus /usr/bin/prometheus-pushgateway /usr/bin/chromium
+
+.PHONY: run test lint bench clean venv system-deps
 
 $(VENV)/.stamp-base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +33,17 @@ venv: $(VENV)/.stamp-base
 run: $(VENV)/.stamp-base
 	HF_HUB_OFFLINE=1 $(VENV)/bin/eva run $(DEMO) --workdir $(WORKDIR)
 
-test: $(VENV)/.stamp-dev
+system-deps:
+	@missing=""; for b in $(DEB_BINARIES); do [ -x "$$b" ] || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the tests ($(DEB_PACKAGES)): missing$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    $(DEB_PACKAGES) >/dev/null; \
+	fi
+
+test: $(VENV)/.stamp-dev system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.stamp-dev

@@ -11,6 +11,7 @@ Errors a user can cause print one message and exit 2, without a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
@@ -62,6 +63,22 @@ def validate(files: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+def _monitoring_options(fn):
+    fn = click.option(
+        "--pushgateway",
+        envvar="EVA_PUSHGATEWAY_URL",
+        default=None,
+        help="Push each step's metrics here at its end [env EVA_PUSHGATEWAY_URL].",
+    )(fn)
+    return click.option(
+        "--metrics-port",
+        envvar="EVA_METRICS_PORT",
+        type=int,
+        default=None,
+        help="Serve Prometheus /metrics on this port while a step runs [env EVA_METRICS_PORT].",
+    )(fn)
+
+
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option(
@@ -71,7 +88,16 @@ def validate(files: tuple[str, ...]) -> None:
     help="Artifact root (default: spec.storage.uri, else ./eva-runs).",
 )
 @click.option("--iterations", type=int, default=None, help="Override spec.iterations.")
-def run(file: str, workdir: str | None, iterations: int | None) -> None:
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+@_monitoring_options
+def run(
+    file: str,
+    workdir: str | None,
+    iterations: int | None,
+    no_tracking: bool,
+    metrics_port: int | None,
+    pushgateway: str | None,
+) -> None:
     """Run every iteration and step of FILE on this machine."""
     from eva_runtime.runner import run_all
 
@@ -79,7 +105,13 @@ def run(file: str, workdir: str | None, iterations: int | None) -> None:
         r = load_run(file)
         if iterations is not None:
             r.spec.iterations = iterations
-        run_all(r, workdir)
+        run_all(
+            r,
+            workdir,
+            tracking=not no_tracking,
+            metrics_port=metrics_port,
+            pushgateway=pushgateway,
+        )
     except SpecError as exc:
         _fail(str(exc))
     except (EvaError, ValueError) as exc:
@@ -96,6 +128,7 @@ def run(file: str, workdir: str | None, iterations: int | None) -> None:
 @click.option("--iteration", type=int, default=0, show_default=True)
 @click.option("--shard", type=int, default=None, help="This worker's shard (generation steps).")
 @click.option("--num-shards", type=int, default=None, help="Default: spec.generation.shards.")
+@_monitoring_options
 def phase(
     step: str,
     spec_file: str,
@@ -103,13 +136,13 @@ def phase(
     iteration: int,
     shard: int | None,
     num_shards: int | None,
+    metrics_port: int | None,
+    pushgateway: str | None,
 ) -> None:
     """Run one step; a complete step is a no-op. Prints the step's summary as JSON.
 
     In an Indexed Job the shard defaults to $JOB_COMPLETION_INDEX.
     """
-    import json
-
     from eva_runtime.artifacts import RunDir
     from eva_runtime.phases import Context, run_phase
 
@@ -124,10 +157,82 @@ def phase(
         if not step.startswith("generate") and (shard or (num_shards or 1) > 1):
             raise EvaError(f"--shard/--num-shards apply to generation steps, not {step}")
         ctx = Context(run=r, run_dir=RunDir(run_dir))
-        summary = run_phase(ctx, step, iteration, i, n)
+        summary = run_phase(
+            ctx, step, iteration, i, n, metrics_port=metrics_port, pushgateway=pushgateway
+        )
+        if r.spec.tracking.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+            _track(r, Path(run_dir))
     except (EvaError, ValueError) as exc:
         _fail(str(exc))
     click.echo(json.dumps(summary.get("counts", {}), sort_keys=True))
+
+
+def _track(run, run_dir: Path) -> None:
+    from eva_runtime.progress import warn
+    from eva_runtime.tracking import Tracker, TrackingUnavailable
+
+    try:
+        Tracker(run, run_dir).sync()
+    except TrackingUnavailable as exc:
+        warn(str(exc))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--finish", is_flag=True, help="Also end the MLflow runs (status FINISHED).")
+def track(run_dir: str, finish: bool) -> None:
+    """Log every complete step of RUN_DIR not yet in MLflow (e.g. after an outage)."""
+    from eva_runtime.tracking import Tracker, TrackingUnavailable
+
+    try:
+        r = load_run(Path(run_dir) / "evarun.yaml")
+        tracker = Tracker(r, Path(run_dir))
+        logged = tracker.sync()
+        if finish:
+            tracker.finish("FINISHED")
+    except TrackingUnavailable as exc:
+        _fail(str(exc))
+    except (EvaError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(logged, sort_keys=True, default=str))
+    click.echo(tracker.ui_command())
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Default: RUN_DIR/report.html.",
+)
+def report(run_dir: str, output: str | None) -> None:
+    """Write one self-contained HTML report of a run (plots inline)."""
+    from eva_runtime.report import write_report
+
+    try:
+        out = write_report(run_dir, output)
+    except (EvaError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(str(out))
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_b", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), default="compare.html", show_default=True
+)
+def compare(run_a: str, run_b: str, output: str) -> None:
+    """Draw two runs on the same axes (e.g. eva against the baseline)."""
+    from eva_runtime.report import write_compare
+
+    try:
+        out = write_compare(run_a, run_b, output)
+    except (EvaError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(str(out))
 
 
 @main.command()

@@ -18,7 +18,7 @@ from typing import Any
 from eva_runtime.artifacts import RunDir
 from eva_runtime.errors import EvaError, InputError
 from eva_runtime.phases import Context, run_phase, steps_for
-from eva_runtime.progress import console, note
+from eva_runtime.progress import console, note, warn
 from eva_runtime.spec import EvaRun
 
 
@@ -82,7 +82,20 @@ def preflight(run: EvaRun) -> None:
         raise EvaError("cannot start the run:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def run_all(run: EvaRun, workdir: str | Path | None = None, *, check: bool = True) -> RunResult:
+def run_all(
+    run: EvaRun,
+    workdir: str | Path | None = None,
+    *,
+    check: bool = True,
+    tracking: bool = True,
+    metrics_port: int | None = None,
+    pushgateway: str | None = None,
+) -> RunResult:
+    """Every step of every iteration; MLflow gets each step as it completes.
+
+    Tracking never stops the run: when MLflow is unreachable the step is logged at the
+    next sync (the run directory is the buffer), and ``eva track RUN_DIR`` flushes it later.
+    """
     if check:
         preflight(run)
     path = run_dir_for(run, workdir)
@@ -100,22 +113,81 @@ def run_all(run: EvaRun, workdir: str | Path | None = None, *, check: bool = Tru
             )
     recorded.write_text(_manifest(run))
     ctx = Context(run=run, run_dir=RunDir(path))
+    tracker = _tracker(run, path) if tracking else None
     note(f"eva run {run.namespace}/{run.name}: {run.spec.iterations} iterations in {path}")
-    run_phase(ctx, "prepare")
-    for t in range(run.spec.iterations):
-        for step in steps_for(run.spec.creator.enabled):
-            sd = ctx.run_dir.step(t, step)
-            if sd.complete():
-                continue
-            if step.startswith("generate"):
-                n = run.spec.generation.shards
-                for i in range(n):
-                    run_phase(ctx, step, t, i, n)
-            else:
-                run_phase(ctx, step, t)
+
+    def step(phase: str, t: int = 0, shard: int = 0, shards: int = 1) -> None:
+        run_phase(ctx, phase, t, shard, shards, metrics_port=metrics_port, pushgateway=pushgateway)
+        _sync(tracker)
+
+    try:
+        step("prepare")
+        for t in range(run.spec.iterations):
+            for name in steps_for(run.spec.creator.enabled):
+                if ctx.run_dir.step(t, name).complete():
+                    continue
+                if name.startswith("generate"):
+                    n = run.spec.generation.shards
+                    for i in range(n):
+                        step(name, t, i, n)
+                else:
+                    step(name, t)
+    except BaseException:
+        if tracker is not None:
+            _finish(tracker, "FAILED")
+        raise
+    _sync(tracker)
+    if tracker is not None:
+        _finish(tracker, "FINISHED")
+    if pushgateway:
+        _forget_pushed(run, pushgateway)
     rows = summary_rows(ctx.run_dir, run.spec.iterations)
     print_summary(rows, path)
+    if tracker is not None:
+        console.print(f"mlflow: {tracker.ui_command()}")
     return RunResult(run_dir=path, rows=rows)
+
+
+def _tracker(run: EvaRun, path: Path) -> Any:
+    try:
+        from eva_runtime.tracking import Tracker
+
+        return Tracker(run, path)
+    except ImportError as exc:  # the base install has no mlflow
+        warn(f"MLflow tracking is off ({exc}); install the train extra to enable it")
+        return None
+
+
+def _sync(tracker: Any) -> None:
+    if tracker is None:
+        return
+    from eva_runtime.tracking import TrackingUnavailable
+
+    try:
+        tracker.sync()
+    except TrackingUnavailable as exc:
+        warn(f"{exc}")
+
+
+def _finish(tracker: Any, status: str) -> None:
+    from eva_runtime.tracking import TrackingUnavailable
+
+    try:
+        tracker.finish(status)
+    except TrackingUnavailable as exc:
+        warn(f"{exc}")
+
+
+def _forget_pushed(run: EvaRun, gateway: str) -> None:
+    """A finished run's groups would sit in the Pushgateway forever: delete them."""
+    from eva_runtime.metrics import delete_run_groups
+
+    groups = [(0, "prepare", 0)]
+    for t in range(run.spec.iterations):
+        for name in steps_for(run.spec.creator.enabled):
+            shards = run.spec.generation.shards if name.startswith("generate") else 1
+            groups.extend((t, name, i) for i in range(shards))
+    delete_run_groups(gateway, run=run.name, namespace=run.namespace, groups=groups)
 
 
 def spec_changes(old: EvaRun, new: EvaRun) -> list[str]:

@@ -16,9 +16,47 @@ def steps_for(creator_enabled: bool) -> tuple[str, ...]:
 
 
 def run_phase(
-    ctx: Context, phase: str, iteration: int = 0, shard: int = 0, num_shards: int = 1
+    ctx: Context,
+    phase: str,
+    iteration: int = 0,
+    shard: int = 0,
+    num_shards: int = 1,
+    *,
+    metrics_port: int | None = None,
+    pushgateway: str | None = None,
 ) -> dict:
-    """Run one step (a no-op when it is already complete) and return its summary."""
+    """Run one step (a no-op when it is already complete) and return its summary.
+
+    While it works the step's Prometheus metrics are current (and served on
+    ``metrics_port`` when given); at the end they are pushed to ``pushgateway`` if set.
+    """
+    from eva_runtime.metrics import StepMetrics, activate
+
+    metrics = StepMetrics(
+        run=ctx.run.name,
+        namespace=ctx.run.namespace,
+        iteration=iteration,
+        step=phase,
+        shard=shard,
+    )
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
+    status = "failed"
+    try:
+        with activate(metrics):
+            metrics.step_started()
+            summary = _dispatch(ctx, phase, iteration, shard, num_shards)
+        status = "succeeded"
+        return summary
+    finally:
+        metrics.step_finished(status)
+        if pushgateway:
+            metrics.push(pushgateway)
+        if metrics_port is not None:
+            metrics.stop()
+
+
+def _dispatch(ctx: Context, phase: str, iteration: int, shard: int, num_shards: int) -> dict:
     if phase == "prepare":
         from eva_runtime.phases.prepare import run_prepare
 

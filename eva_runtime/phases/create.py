@@ -25,6 +25,7 @@ from eva_runtime.creator.evolve import (
     plan_methods,
     prompt_id,
 )
+from eva_runtime.metrics import current as current_metrics
 from eva_runtime.phases.context import Context, derive_seed, quantiles, reward_matrix
 from eva_runtime.progress import note, task, warn
 from eva_runtime.solver.pairs import preference_pairs
@@ -144,6 +145,8 @@ def _evolve(
         max_new_tokens=ev.max_new_tokens,
         seed=derive_seed(ctx.spec.seed, iteration, "evolve"),
     )
+    metrics = current_metrics()
+    metrics.evolve_attempts(len(requests))
     policy = ctx.policy_path(iteration)
     generator = ctx.evolver_generator(policy, iteration)
     try:
@@ -169,6 +172,8 @@ def _evolve(
         near_duplicate_threshold=c.evolve.near_duplicate_threshold,
         min_chars=c.evolve.min_chars,
     )
+    for reason, k in cleaned.counts().items():
+        metrics.evolve_rejected(reason, k)
     lineage = parents.set_index("prompt_id")
     rows = []
     for cand, text in cleaned.kept:

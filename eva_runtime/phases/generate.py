@@ -13,6 +13,7 @@ import pandas as pd
 
 from eva_runtime.artifacts import write_parquet
 from eva_runtime.errors import StepError
+from eva_runtime.metrics import current as current_metrics
 from eva_runtime.phases.context import ROLLOUT_COLUMNS, Context, derive_seed, finalize_sharded
 from eva_runtime.progress import note, task
 
@@ -44,14 +45,22 @@ def generate_and_score(
     if prompts.empty:
         return pd.DataFrame({c: [] for c in ROLLOUT_COLUMNS})
     texts = prompts["prompt"].tolist()
+    metrics = current_metrics()
+    metrics.set_prompts_total(len(texts))
     generator = ctx.policy_generator(model_path, iteration)
     try:
         with task(f"{label}: generating", len(texts)) as advance:
+
+            def progressed(k: int) -> None:
+                advance(k)
+                metrics.prompts_done(k)
+
             completions = generator.generate(
-                texts, params, system=ctx.spec.generation.system_prompt, on_progress=advance
+                texts, params, system=ctx.spec.generation.system_prompt, on_progress=progressed
             )
     finally:
         generator.close()
+    metrics.tokens_generated(sum(c.num_tokens for outs in completions for c in outs))
     rows = []
     for order, (pid, prompt, outs) in enumerate(
         zip(prompts["prompt_id"], texts, completions, strict=True)
@@ -69,6 +78,7 @@ def generate_and_score(
     finally:
         if own:
             rm.close()
+    metrics.responses_scored(len(frame))
     scores = np.asarray(scores, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(scores))
     if bad.size:

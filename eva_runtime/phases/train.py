@@ -18,6 +18,7 @@ import pandas as pd
 
 from eva_runtime.artifacts import write_parquet
 from eva_runtime.errors import StepError
+from eva_runtime.metrics import current as current_metrics
 from eva_runtime.phases.context import Context, reward_matrix
 from eva_runtime.progress import note, task, warn
 from eva_runtime.solver.pairs import preference_pairs
@@ -158,9 +159,14 @@ def run_train(ctx: Context, iteration: int) -> dict:
     with task(f"iter {iteration} train", expected) as advance:
         last = [0]
 
+        metrics = current_metrics()
+
         def on_log(entry: dict) -> None:
             if "loss" in entry:
                 history.append(entry)
+                metrics.train_progress(
+                    int(entry.get("step", 0)), entry.get("loss"), entry.get("learning_rate")
+                )
             step = int(entry.get("step", 0))
             if step > last[0]:
                 advance(step - last[0])
