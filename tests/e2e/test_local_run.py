@@ -100,7 +100,7 @@ def digests(run_dir: Path) -> dict[str, dict[str, str]]:
 def test_one_eva_iteration_runs_every_step(tmp_path: Path, tiny_model: Path) -> None:
     run = load_run(tiny_manifest(tmp_path, tiny_model))
     t0 = time.time()
-    result = run_all(run, tmp_path / "runs")
+    result = run_all(run, tmp_path / "runs")  # tracking on: the embedded MLflow default
     elapsed = time.time() - t0
     rd = RunDir(result.run_dir)
     for step in ("generate", "create", "generate-evolved", "train", "evaluate"):
@@ -138,6 +138,10 @@ def test_one_eva_iteration_runs_every_step(tmp_path: Path, tiny_model: Path) -> 
     assert ev["heldout"] == 3 and ev["samples"] == 6 and 0.0 <= ev["win_rate"] <= 1.0
     row = result.rows[0]
     assert row["pairs"] == len(pairs) and row["evolved"] == len(evolved)
+    # Every step reached the embedded MLflow store (<workdir>/mlflow.db).
+    assert (tmp_path / "runs" / "mlflow.db").exists()
+    logged = json.loads((result.run_dir / "tracking.json").read_text())
+    assert "iter-0/evaluate" in json.dumps(logged)
     print(f"one eva iteration on the tiny model: {elapsed:.1f}s")
 
 
@@ -147,7 +151,7 @@ def test_baseline_runs_generate_train_evaluate_on_fixed_prompts(
     run = load_run(tiny_manifest(tmp_path, tiny_model, creator=False, name="baseline"))
     run.spec.iterations = 2
     t0 = time.time()
-    result = run_all(run, tmp_path / "runs")
+    result = run_all(run, tmp_path / "runs", tracking=False)
     rd = RunDir(result.run_dir)
     for t in (0, 1):
         assert not rd.step(t, "create").path.exists()
@@ -171,10 +175,10 @@ def test_baseline_runs_generate_train_evaluate_on_fixed_prompts(
 
 def test_rerunning_a_complete_run_does_nothing(tmp_path: Path, tiny_model: Path) -> None:
     run = load_run(tiny_manifest(tmp_path, tiny_model, creator=False, name="again"))
-    first = run_all(run, tmp_path / "runs")
+    first = run_all(run, tmp_path / "runs", tracking=False)
     before = digests(first.run_dir)
     stamps = {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("_SUCCESS.json")}
-    run_all(run, tmp_path / "runs")
+    run_all(run, tmp_path / "runs", tracking=False)
     assert digests(first.run_dir) == before
     assert {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("_SUCCESS.json")} == stamps
 
@@ -198,7 +202,9 @@ def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path
         tmp_path, tiny_model, name="resume", reward="paused_reward:length_after_pause"
     )
     # Reference: one uninterrupted run.
-    ref = _eva("run", str(manifest), "--workdir", str(tmp_path / "ref"), cwd=tmp_path)
+    ref = _eva(
+        "run", str(manifest), "--no-tracking", "--workdir", str(tmp_path / "ref"), cwd=tmp_path
+    )
     _out, err = ref.communicate(timeout=240)
     assert ref.returncode == 0, err
     ref_digests = digests(tmp_path / "ref" / "default" / "resume")
@@ -209,6 +215,7 @@ def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path
     proc = _eva(
         "run",
         str(manifest),
+        "--no-tracking",
         "--workdir",
         str(tmp_path / "killed"),
         cwd=tmp_path,
@@ -226,7 +233,9 @@ def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path
     assert step_dir.exists() and not (step_dir / "_SUCCESS.json").exists()
     assert not (work / "iter-0" / "train").exists()
 
-    again = _eva("run", str(manifest), "--workdir", str(tmp_path / "killed"), cwd=tmp_path)
+    again = _eva(
+        "run", str(manifest), "--no-tracking", "--workdir", str(tmp_path / "killed"), cwd=tmp_path
+    )
     _out, err = again.communicate(timeout=240)
     assert again.returncode == 0, err
     assert digests(work) == ref_digests
@@ -235,7 +244,9 @@ def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path
 
 def test_unreadable_model_path_fails_before_any_work(tmp_path: Path, tiny_model: Path) -> None:
     manifest = tiny_manifest(tmp_path, tmp_path / "no-such-model")
-    proc = _eva("run", str(manifest), "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
+    proc = _eva(
+        "run", str(manifest), "--no-tracking", "--workdir", str(tmp_path / "runs"), cwd=tmp_path
+    )
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "spec.policy.model" in err and "no-such-model" in err
@@ -246,7 +257,9 @@ def test_unreadable_model_path_fails_before_any_work(tmp_path: Path, tiny_model:
 def test_bad_prompt_file_names_file_and_line(tmp_path: Path, tiny_model: Path) -> None:
     manifest = tiny_manifest(tmp_path, tiny_model)
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "ok"}\n{"prompt": oops}\n')
-    proc = _eva("run", str(manifest), "--workdir", str(tmp_path / "runs"), cwd=tmp_path)
+    proc = _eva(
+        "run", str(manifest), "--no-tracking", "--workdir", str(tmp_path / "runs"), cwd=tmp_path
+    )
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "prompts.jsonl:2: not valid JSON" in err and "Traceback" not in err
@@ -295,10 +308,10 @@ def test_a_changed_spec_is_refused_in_the_same_run_directory(
     from eva_runtime.errors import EvaError
 
     run = load_run(tiny_manifest(tmp_path, tiny_model, creator=False, name="changed"))
-    run_all(run, tmp_path / "runs")
+    run_all(run, tmp_path / "runs", tracking=False)
     run.spec.iterations = 2  # extending a run is allowed: only the new iteration runs
-    result = run_all(run, tmp_path / "runs")
+    result = run_all(run, tmp_path / "runs", tracking=False)
     assert len(result.rows) == 2
     run.spec.solver.beta = 0.5
     with pytest.raises(EvaError, match=r"different spec \(spec.solver.beta\)"):
-        run_all(run, tmp_path / "runs")
+        run_all(run, tmp_path / "runs", tracking=False)

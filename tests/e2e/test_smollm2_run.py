@@ -53,7 +53,7 @@ def test_real_small_model_runs_every_step(tmp_path: Path, monkeypatch: pytest.Mo
             },
         }
     )
-    result = run_all(run, tmp_path / "runs")
+    result = run_all(run, tmp_path / "runs", tracking=False)
     rd = RunDir(result.run_dir)
     for step in ("generate", "create", "generate-evolved", "train", "evaluate"):
         assert rd.step(0, step).complete(), step
