@@ -132,6 +132,10 @@ def run_all(
                         step(name, t, i, n)
                 else:
                     step(name, t)
+    except KeyboardInterrupt:
+        if tracker is not None:
+            _finish(tracker, "KILLED")
+        raise
     except BaseException:
         if tracker is not None:
             _finish(tracker, "FAILED")
@@ -155,6 +159,9 @@ def _tracker(run: EvaRun, path: Path) -> Any:
         return Tracker(run, path)
     except ImportError as exc:  # the base install has no mlflow
         warn(f"MLflow tracking is off ({exc}); install the train extra to enable it")
+        return None
+    except EvaError as exc:  # e.g. unreachable at start: the run goes on, `eva track` later
+        warn(f"MLflow tracking is off for this run: {exc}")
         return None
 
 
