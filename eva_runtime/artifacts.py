@@ -9,13 +9,11 @@ complete step again does nothing; an incomplete one is wiped and starts clean.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,17 +140,3 @@ class RunDir:
         if not step.complete():
             raise StepError(f"{step.path}: {what} is not complete; run it first")
         return step.summary()
-
-
-@contextlib.contextmanager
-def step_lock(path: Path) -> Iterator[None]:
-    """An advisory lock so two local processes never run the same step at once."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StepError(f"{path}: another process is running this step") from None
-        yield

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import time
 import urllib.request
@@ -313,25 +312,6 @@ def delete_run_groups(
     return deleted
 
 
-def metrics_port_from_env() -> int | None:
-    """EVA_METRICS_PORT; a value that is not a port is a warning, not a failed step."""
-    raw = os.environ.get("EVA_METRICS_PORT", "").strip()
-    if not raw:
-        return None
-    try:
-        port = int(raw)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        warn(f"EVA_METRICS_PORT={raw!r} is not a port (0-65535); metrics are not served")
-        return None
-    return port
-
-
-def pushgateway_from_env() -> str | None:
-    return os.environ.get("EVA_PUSHGATEWAY_URL", "").strip() or None
-
-
 __all__ = [
     "BASE_LABELS",
     "JOB",
@@ -341,6 +321,4 @@ __all__ = [
     "activate",
     "current",
     "delete_run_groups",
-    "metrics_port_from_env",
-    "pushgateway_from_env",
 ]

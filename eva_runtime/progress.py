@@ -58,7 +58,3 @@ def task(description: str, total: int) -> Iterator[Callable[[int], None]]:
     console.print(f"{description}: {total} ...")
     yield advance
     console.print(f"{description}: {done[0]}/{total} done in {time.time() - start:.1f}s")
-
-
-def is_interactive() -> bool:
-    return sys.stderr.isatty()

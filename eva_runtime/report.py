@@ -577,19 +577,9 @@ def _summary_section(run: _Run) -> str:
             "Summary",
             run.no_data("generate"),
         )
-    cols = [
-        ("iteration", "iter"),
-        ("prompts", "prompts"),
-        ("kept", "kept"),
-        ("evolved", "evolved"),
-        ("reward_mean", "mean reward"),
-        ("gap_mean", "mean gap"),
-        ("pairs", "pairs"),
-        ("train_loss", "train loss"),
-        ("heldout_before", "held-out before"),
-        ("heldout_after", "held-out after"),
-        ("win_rate", "win rate"),
-    ]
+    from eva_runtime.runner import SUMMARY_COLUMNS
+
+    cols = SUMMARY_COLUMNS
     if not run.creator:
         cols = [c for c in cols if c[0] not in ("kept", "evolved")]
     rows = [[_num(r.get(k)) for k, _ in cols] for r in run.rows]

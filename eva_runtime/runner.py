@@ -220,6 +220,22 @@ def _manifest(run: EvaRun) -> str:
     return dump_run(run)
 
 
+# (key of a summary row, column title): the runner's table and the HTML report share them.
+SUMMARY_COLUMNS = [
+    ("iteration", "iter"),
+    ("prompts", "prompts"),
+    ("kept", "kept"),
+    ("evolved", "evolved"),
+    ("reward_mean", "mean reward"),
+    ("gap_mean", "mean gap"),
+    ("pairs", "pairs"),
+    ("train_loss", "train loss"),
+    ("heldout_before", "held-out before"),
+    ("heldout_after", "held-out after"),
+    ("win_rate", "win rate"),
+]
+
+
 def summary_rows(rd: RunDir, iterations: int) -> list[dict[str, Any]]:
     """One row per iteration from the step markers (missing steps give None)."""
 
@@ -262,18 +278,8 @@ def print_summary(rows: list[dict[str, Any]], path: Path) -> None:
     from rich.table import Table
 
     table = Table(title="eva run summary")
-    headers = [
-        ("iteration", "iter"),
-        ("prompts", "prompts"),
-        ("kept", "kept"),
-        ("evolved", "evolved"),
-        ("reward_mean", "mean reward"),
-        ("gap_mean", "mean gap"),
-        ("pairs", "pairs"),
-        ("train_loss", "train loss"),
-        ("heldout_after", "held-out reward"),
-        ("win_rate", "win rate"),
-    ]
+    # The terminal is narrow: the held-out curve is printed below the table instead.
+    headers = [c for c in SUMMARY_COLUMNS if c[0] != "heldout_before"]
     for _, title in headers:
         table.add_column(title, justify="right")
     for r in rows:

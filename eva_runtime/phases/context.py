@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -280,8 +279,3 @@ def quantiles(values: np.ndarray) -> dict[str, float]:
     return {
         f"q{int(q * 100)}": float(v) for q, v in zip((0.0, 0.25, 0.5, 0.75, 1.0), qs, strict=True)
     }
-
-
-def ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

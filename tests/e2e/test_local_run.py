@@ -12,82 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from tiny_run import tiny_manifest
 
 from eva_runtime.artifacts import RunDir
 from eva_runtime.runner import run_all
 from eva_runtime.spec import load_run
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def write_prompts(path: Path, n: int) -> Path:
-    topics = [
-        "rivers",
-        "bread",
-        "stars",
-        "chess",
-        "clouds",
-        "trains",
-        "bees",
-        "maps",
-        "glass",
-        "salt",
-    ]
-    with path.open("w") as fh:
-        for i in range(n):
-            fh.write(
-                json.dumps({"prompt": f"Tell me {i} facts about {topics[i % len(topics)]}."}) + "\n"
-            )
-    return path
-
-
-def tiny_manifest(
-    tmp: Path,
-    model: Path,
-    *,
-    creator: bool = True,
-    name: str = "tiny",
-    reward: str = "eva_runtime.rewards:length_target",
-) -> Path:
-    prompts = write_prompts(tmp / "prompts.jsonl", 15)
-    doc = {
-        "apiVersion": "eva.dev/v1alpha1",
-        "kind": "EvaRun",
-        "metadata": {"name": name},
-        "spec": {
-            "iterations": 1,
-            "seed": 7,
-            "policy": {"model": str(model)},
-            "rewardModel": {"type": "python", "function": reward},
-            "prompts": {"source": str(prompts), "heldOut": 3},
-            "generation": {
-                "backend": "transformers",
-                "samplesPerPrompt": 3,
-                "maxNewTokens": 12,
-                "batchSize": 8,
-            },
-            "creator": {
-                "enabled": creator,
-                "sampleFraction": 0.5,
-                "evolve": {"variantsPerPrompt": 3, "evolver": {"maxNewTokens": 24}},
-            },
-            "solver": {
-                "algorithm": "dpo",
-                "beta": 0.1,
-                "learningRate": 1e-3,
-                "epochs": 1,
-                "effectiveBatchSize": 4,
-                "perDeviceBatchSize": 4,
-                "maxLength": 96,
-                "precision": "fp32",
-            },
-            "evaluation": {"samplesPerPrompt": 2},
-        },
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 def digests(run_dir: Path) -> dict[str, dict[str, str]]:

@@ -18,7 +18,7 @@ from prom_tools import (
     series,
     wait_scraping,
 )
-from test_local_run import tiny_manifest
+from tiny_run import tiny_manifest
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,10 +46,11 @@ def test_prometheus_sees_a_running_step_and_the_gateway_forgets_the_run(
                 "HF_HUB_OFFLINE": "1",
                 "PYTHONPATH": str(Path(__file__).parent),
                 "EVA_TEST_REWARD_PAUSE": "2.5",  # keeps each scoring step alive for scrapes
+                "EVA_METRICS_PORT": str(port),  # the port as a pod gets it: from the environment
             }
             cmd = [sys.executable, "-m", "eva_runtime.cli", "run", str(manifest)]
             cmd += ["--workdir", str(tmp_path / "runs"), "--no-tracking"]
-            cmd += ["--metrics-port", str(port), "--pushgateway", gateway.url]
+            cmd += ["--pushgateway", gateway.url]
             proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
             live = None
             deadline = time.time() + 240

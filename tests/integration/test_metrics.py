@@ -39,8 +39,6 @@ from eva_runtime.metrics import (
     activate,
     current,
     delete_run_groups,
-    metrics_port_from_env,
-    pushgateway_from_env,
 )
 
 EXPECTED_NAMES = {
@@ -368,20 +366,3 @@ def test_activate_restores_the_previous_current() -> None:
             raise RuntimeError("step failed")
         assert current() is outer
     assert isinstance(current(), NullMetrics)
-
-
-def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("EVA_METRICS_PORT", raising=False)
-    monkeypatch.delenv("EVA_PUSHGATEWAY_URL", raising=False)
-    assert metrics_port_from_env() is None
-    assert pushgateway_from_env() is None
-    monkeypatch.setenv("EVA_METRICS_PORT", "9100")
-    monkeypatch.setenv("EVA_PUSHGATEWAY_URL", " http://pushgateway:9091 ")
-    assert metrics_port_from_env() == 9100
-    assert pushgateway_from_env() == "http://pushgateway:9091"
-    monkeypatch.setenv("EVA_METRICS_PORT", "metrics")
-    assert metrics_port_from_env() is None
-    monkeypatch.setenv("EVA_METRICS_PORT", "70000")
-    assert metrics_port_from_env() is None
-    monkeypatch.setenv("EVA_PUSHGATEWAY_URL", "")
-    assert pushgateway_from_env() is None

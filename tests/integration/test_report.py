@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from tiny_run import tiny_manifest as shared_manifest
 
 from eva_runtime.report import write_compare, write_report
 from eva_runtime.runner import run_all
@@ -39,57 +39,24 @@ CHROMIUM = Path("/usr/bin/chromium")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def write_prompts(path: Path, n: int) -> Path:
-    """Every prompt carries a script tag: whichever prompts the report shows, it must escape."""
-    topics = ["rivers", "bread", "stars", "chess", "clouds", "trains", "bees", "maps"]
-    with path.open("w") as fh:
-        for i in range(n):
-            text = f"Tell me {i} facts about {topics[i % len(topics)]} & more. {SCRIPT}"
-            fh.write(json.dumps({"prompt": text}) + "\n")
-    return path
-
-
 def tiny_manifest(
     tmp: Path, model: Path, *, creator: bool = True, name: str = "tiny", iterations: int = 2
 ) -> Path:
-    prompts = write_prompts(tmp / "prompts.jsonl", 10)
-    doc = {
-        "apiVersion": "eva.dev/v1alpha1",
-        "kind": "EvaRun",
-        "metadata": {"name": name},
-        "spec": {
+    """Every prompt carries a script tag: whichever prompts the report shows, it must escape."""
+    return shared_manifest(
+        tmp,
+        model,
+        creator=creator,
+        name=name,
+        prompts=10,
+        prompt_suffix=f" & more. {SCRIPT}",
+        spec={
             "iterations": iterations,
-            "seed": 7,
-            "policy": {"model": str(model)},
-            "rewardModel": {"type": "python", "function": "eva_runtime.rewards:length_target"},
-            "prompts": {"source": str(prompts), "heldOut": 2},
-            "generation": {
-                "backend": "transformers",
-                "samplesPerPrompt": 3,
-                "maxNewTokens": 10,
-                "batchSize": 8,
-            },
-            "creator": {
-                "enabled": creator,
-                "sampleFraction": 0.5,
-                "evolve": {"variantsPerPrompt": 2, "evolver": {"maxNewTokens": 20}},
-            },
-            "solver": {
-                "algorithm": "dpo",
-                "beta": 0.1,
-                "learningRate": 1e-3,
-                "epochs": 1,
-                "effectiveBatchSize": 4,
-                "perDeviceBatchSize": 4,
-                "maxLength": 96,
-                "precision": "fp32",
-            },
-            "evaluation": {"samplesPerPrompt": 2},
+            "prompts": {"heldOut": 2},
+            "generation": {"maxNewTokens": 10},
+            "creator": {"evolve": {"variantsPerPrompt": 2, "evolver": {"maxNewTokens": 20}}},
         },
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    )
 
 
 @pytest.fixture(scope="module")

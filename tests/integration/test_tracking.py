@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
+from tiny_run import tiny_manifest
 
 from eva_runtime.artifacts import STEPS
 from eva_runtime.runner import run_all
@@ -120,54 +120,21 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 def _manifest(tmp: Path, model: Path) -> Path:
     """Two iterations in seconds. minChars 24 makes the cleaner drop some evolved prompts
     (dropped_too_short) and, in iteration 1, all of them (evolved_empty: an empty set)."""
-    topics = ["rivers", "bread", "stars", "chess", "clouds", "trains", "bees", "maps"]
-    prompts = tmp / "prompts.jsonl"
-    prompts.write_text(
-        "".join(
-            json.dumps({"prompt": f"Tell me {i} facts about {topics[i % len(topics)]}."}) + "\n"
-            for i in range(10)
-        )
-    )
-    doc = {
-        "apiVersion": "eva.dev/v1alpha1",
-        "kind": "EvaRun",
-        "metadata": {"name": "tiny"},
-        "spec": {
+    return tiny_manifest(
+        tmp,
+        model,
+        prompts=10,
+        spec={
             "iterations": 2,
-            "seed": 7,
-            "policy": {"model": str(model)},
-            "rewardModel": {"type": "python", "function": "eva_runtime.rewards:length_target"},
-            "prompts": {"source": str(prompts), "heldOut": 2},
-            "generation": {
-                "backend": "transformers",
-                "samplesPerPrompt": 2,
-                "maxNewTokens": 8,
-                "batchSize": 8,
-            },
+            "prompts": {"heldOut": 2},
+            "generation": {"samplesPerPrompt": 2, "maxNewTokens": 8},
             "creator": {
-                "sampleFraction": 0.5,
-                "evolve": {
-                    "variantsPerPrompt": 2,
-                    "minChars": 24,
-                    "evolver": {"maxNewTokens": 16},
-                },
+                "evolve": {"variantsPerPrompt": 2, "minChars": 24, "evolver": {"maxNewTokens": 16}}
             },
-            "solver": {
-                "algorithm": "dpo",
-                "beta": 0.1,
-                "learningRate": 1e-3,
-                "epochs": 1,
-                "effectiveBatchSize": 4,
-                "perDeviceBatchSize": 4,
-                "maxLength": 64,
-                "precision": "fp32",
-            },
+            "solver": {"maxLength": 64},
             "evaluation": {"samplesPerPrompt": 1},
         },
-    }
-    path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    )
 
 
 @dataclass

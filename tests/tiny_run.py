@@ -1,0 +1,86 @@
+"""EvaRun manifests for whole runs on the tiny model: one builder, tuned per test by overrides."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TOPICS = ["rivers", "bread", "stars", "chess", "clouds", "trains", "bees", "maps", "glass", "salt"]
+
+
+def write_prompts(path: Path, n: int, *, suffix: str = "") -> Path:
+    with path.open("w") as fh:
+        for i in range(n):
+            text = f"Tell me {i} facts about {TOPICS[i % len(TOPICS)]}.{suffix}"
+            fh.write(json.dumps({"prompt": text}) + "\n")
+    return path
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def tiny_manifest(
+    tmp: Path,
+    model: Path,
+    *,
+    creator: bool = True,
+    name: str = "tiny",
+    reward: str = "eva_runtime.rewards:length_target",
+    prompts: int = 15,
+    prompt_suffix: str = "",
+    spec: dict[str, Any] | None = None,
+) -> Path:
+    """A run of a few seconds: 15 prompts (3 held out), 3 samples of 12 tokens, one iteration.
+
+    ``spec`` is merged into the spec section, so a test changes only what it is about.
+    """
+    source = write_prompts(tmp / "prompts.jsonl", prompts, suffix=prompt_suffix)
+    base = {
+        "iterations": 1,
+        "seed": 7,
+        "policy": {"model": str(model)},
+        "rewardModel": {"type": "python", "function": reward},
+        "prompts": {"source": str(source), "heldOut": 3},
+        "generation": {
+            "backend": "transformers",
+            "samplesPerPrompt": 3,
+            "maxNewTokens": 12,
+            "batchSize": 8,
+        },
+        "creator": {
+            "enabled": creator,
+            "sampleFraction": 0.5,
+            "evolve": {"variantsPerPrompt": 3, "evolver": {"maxNewTokens": 24}},
+        },
+        "solver": {
+            "algorithm": "dpo",
+            "beta": 0.1,
+            "learningRate": 1e-3,
+            "epochs": 1,
+            "effectiveBatchSize": 4,
+            "perDeviceBatchSize": 4,
+            "maxLength": 96,
+            "precision": "fp32",
+        },
+        "evaluation": {"samplesPerPrompt": 2},
+    }
+    doc = {
+        "apiVersion": "eva.dev/v1alpha1",
+        "kind": "EvaRun",
+        "metadata": {"name": name},
+        "spec": _merge(base, spec or {}),
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
