@@ -14,7 +14,7 @@ WORKDIR ?= eva-runs
 DEB_PACKAGES ?= prometheus prometheus-pushgateway chromium
 DEB_BINARIES ?= /usr/bin/prometheus /usr/bin/prometheus-pushgateway /usr/bin/chromium
 
-.PHONY: run test lint bench clean venv system-deps
+.PHONY: run test lint bench clean venv system-deps crds
 
 $(VENV)/.stamp-base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ lint: $(VENV)/.stamp-dev
 
 bench: $(VENV)/.stamp-base
 	$(PY) benchmarks/creator_bench.py
+
+# The EvaRun CRD, generated from eva_runtime/spec.py (a unit test checks both are current).
+crds: $(VENV)/.stamp-base
+	$(VENV)/bin/eva crd -o charts/eva-operator/crds/evaruns.eva.dev.yaml
+	$(VENV)/bin/eva crd -o manifests/crds/evaruns.eva.dev.yaml
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) .pytest_cache .ruff_cache

@@ -20,10 +20,9 @@ from typing import Any
 import pandas as pd
 
 from eva_runtime.errors import StepError
+from eva_runtime.spec import PREPARE, STEPS
 
 SUCCESS = "_SUCCESS.json"
-STEPS = ("generate", "create", "generate-evolved", "train", "evaluate")
-PREPARE = "prepare"
 
 
 def sha256_file(path: Path) -> str:

@@ -2,9 +2,10 @@
 
   eva validate FILE...             check manifests; every error at once, with its field
   eva run FILE [--workdir DIR]     all iterations on this machine; resumes after a stop
-  eva phase STEP --spec FILE --run-dir DIR --iteration T [--shard I --num-shards N]
+  eva phase STEP [--spec FILE] --run-dir DIR --iteration T [--shard I --num-shards N]
                                    one step (what a Kubernetes Job runs)
   eva summary RUN_DIR              the per-iteration table of a run directory
+  eva crd [-o FILE]                the EvaRun CustomResourceDefinition, from the spec model
 
 Errors a user can cause print one message and exit 2, without a traceback.
 """
@@ -124,19 +125,33 @@ def run(
 
 @main.command()
 @click.argument("step", type=click.Choice(PHASE_NAMES))
-@click.option("--spec", "spec_file", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--spec",
+    "spec_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The EvaRun manifest (default: the YAML text in $EVA_SPEC_YAML, as step pods get it).",
+)
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False))
 @click.option("--iteration", type=int, default=0, show_default=True)
 @click.option("--shard", type=int, default=None, help="This worker's shard (generation steps).")
 @click.option("--num-shards", type=int, default=None, help="Default: spec.generation.shards.")
+@click.option(
+    "--termination-log",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the summary (or the error) here as compact JSON: a pod's termination "
+    "message, which the operator reads.",
+)
 @_monitoring_options
 def phase(
     step: str,
-    spec_file: str,
+    spec_file: str | None,
     run_dir: str,
     iteration: int,
     shard: int | None,
     num_shards: int | None,
+    termination_log: str | None,
     metrics_port: int | None,
     pushgateway: str | None,
 ) -> None:
@@ -148,7 +163,7 @@ def phase(
     from eva_runtime.phases import Context, run_phase
 
     try:
-        r = load_run(spec_file)
+        r = _phase_spec(spec_file)
         if not 0 <= iteration < r.spec.iterations:
             raise EvaError(
                 f"--iteration {iteration}: the spec has iterations 0..{r.spec.iterations - 1}"
@@ -157,25 +172,100 @@ def phase(
         i = shard if shard is not None else int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
         if not step.startswith("generate") and (shard or (num_shards or 1) > 1):
             raise EvaError(f"--shard/--num-shards apply to generation steps, not {step}")
-        ctx = Context(run=r, run_dir=RunDir(run_dir))
+        rd = RunDir(run_dir)
+        _record_manifest(r, Path(run_dir))
+        ctx = Context(run=r, run_dir=rd)
         summary = run_phase(
             ctx, step, iteration, i, n, metrics_port=metrics_port, pushgateway=pushgateway
         )
+        run_id = None
         if r.spec.tracking.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
-            _track(r, Path(run_dir))
+            run_id = _track(r, Path(run_dir))
     except (EvaError, ValueError) as exc:
+        if termination_log:
+            _write_termination(termination_log, {"step": step, "error": str(exc)})
         _fail(str(exc))
+    except Exception as exc:  # a crash (out of memory, a bug): say so, keep the traceback
+        if termination_log:
+            _write_termination(
+                termination_log, {"step": step, "error": f"{type(exc).__name__}: {exc}"}
+            )
+        raise
+    if termination_log:
+        whole = step == "prepare" or rd.step(iteration, step).complete()
+        message = {
+            "step": step,
+            "iteration": iteration,
+            "scope": "step" if whole else "shard",
+            "shard": i,
+            "counts": summary.get("counts", {}),
+            "seconds": (summary.get("timings") or {}).get("seconds"),
+        }
+        if step == "create":
+            message["digests"] = {"mixed.parquet": summary.get("digests", {}).get("mixed.parquet")}
+        if step == "train":
+            message["model"] = str(rd.step(iteration, "train").path / "model")
+        if run_id:
+            message["mlflowRunId"] = run_id
+        _write_termination(termination_log, message)
     click.echo(json.dumps(summary.get("counts", {}), sort_keys=True))
 
 
-def _track(run, run_dir: Path) -> None:
+def _phase_spec(spec_file: str | None):
+    if spec_file:
+        return load_run(spec_file)
+    text = os.environ.get("EVA_SPEC_YAML")
+    if not text:
+        raise EvaError("--spec: give a manifest file (or its YAML text in $EVA_SPEC_YAML)")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "EVA_SPEC_YAML.yaml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            return load_run(path)
+        except SpecError as exc:
+            raise EvaError(str(exc).replace(str(path), "$EVA_SPEC_YAML")) from None
+
+
+def _record_manifest(run, run_dir: Path) -> None:
+    """Keep the manifest beside the artifacts, so `eva report` and `eva track` can read it."""
+    from eva_runtime.artifacts import atomic_write_bytes
+    from eva_runtime.spec import dump_run
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = dump_run(run).encode()
+    path = run_dir / "evarun.yaml"
+    if not path.exists() or path.read_bytes() != text:
+        atomic_write_bytes(path, text)
+
+
+def _write_termination(path: str, message: dict) -> None:
+    """Kubernetes keeps at most 4096 bytes of a termination message: drop detail to fit."""
+    text = json.dumps(message, sort_keys=True, separators=(",", ":"), default=str)
+    if len(text) > 4000:
+        message = {k: v for k, v in message.items() if k not in ("counts", "digests")}
+        if "error" in message:
+            message["error"] = str(message["error"])[-3500:]
+        text = json.dumps(message, sort_keys=True, separators=(",", ":"), default=str)
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        click.echo(f"warning: cannot write the termination message to {path}: {exc}", err=True)
+
+
+def _track(run, run_dir: Path) -> str | None:
+    """Log what is complete to MLflow; the parent run's id (None when MLflow is unreachable)."""
     from eva_runtime.progress import warn
     from eva_runtime.tracking import Tracker, TrackingUnavailable
 
     try:
-        Tracker(run, run_dir).sync()
+        tracker = Tracker(run, run_dir)
+        tracker.sync()
+        return tracker.parent_run_id()
     except TrackingUnavailable as exc:
         warn(str(exc))
+        return None
 
 
 @main.command()
@@ -245,6 +335,30 @@ def summary(run_dir: str) -> None:
 
     iterations = sum(1 for p in Path(run_dir).glob("iter-*") if p.is_dir())
     print_summary(summary_rows(RunDir(run_dir), iterations), Path(run_dir))
+
+
+@main.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the YAML here instead of printing it.",
+)
+def crd(output: str | None) -> None:
+    """Print the EvaRun CustomResourceDefinition (generated from the spec model)."""
+    from eva_runtime.crd import CRDError, crd_yaml
+
+    try:
+        text = crd_yaml()
+    except CRDError as exc:
+        _fail(str(exc))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":  # pragma: no cover

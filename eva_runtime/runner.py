@@ -19,7 +19,7 @@ from eva_runtime.artifacts import RunDir
 from eva_runtime.errors import EvaError, InputError
 from eva_runtime.phases import Context, run_phase, steps_for
 from eva_runtime.progress import console, note, warn
-from eva_runtime.spec import EvaRun
+from eva_runtime.spec import EvaRun, spec_changes
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ def run_all(
             raise EvaError(
                 f"{path} holds this run with a different spec ({', '.join(changed)}); its "
                 "complete steps would not match. Use another --workdir or metadata.name, or "
-                "delete the folder (only spec.iterations may change between runs)"
+                "delete the folder (only spec.iterations, resources, runPolicy and credentials may "
+                "change between runs)"
             )
     recorded.write_text(_manifest(run))
     ctx = Context(run=run, run_dir=RunDir(path))
@@ -195,23 +196,6 @@ def _forget_pushed(run: EvaRun, gateway: str) -> None:
             shards = run.spec.generation.shards if name.startswith("generate") else 1
             groups.extend((t, name, i) for i in range(shards))
     delete_run_groups(gateway, run=run.name, namespace=run.namespace, groups=groups)
-
-
-def spec_changes(old: EvaRun, new: EvaRun) -> list[str]:
-    """Spec fields (camelCase paths) that differ, ignoring iterations (a run may be extended)."""
-
-    def flat(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                flat(f"{prefix}.{k}" if prefix else k, v, out)
-        else:
-            out[prefix] = value
-        return out
-
-    a = flat("spec", old.spec.model_dump(by_alias=True, mode="json"), {})
-    b = flat("spec", new.spec.model_dump(by_alias=True, mode="json"), {})
-    keys = sorted(set(a) | set(b))
-    return [k for k in keys if k != "spec.iterations" and a.get(k) != b.get(k)]
 
 
 def _manifest(run: EvaRun) -> str:

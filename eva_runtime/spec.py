@@ -27,6 +27,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "eva.dev/v1alpha1"
+# The steps of one iteration, in order (``prepare`` runs once before iteration 0).
+STEPS = ("generate", "create", "generate-evolved", "train", "evaluate")
+PREPARE = "prepare"
 KIND = "EvaRun"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _FUNCTION_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -94,6 +97,13 @@ Probability = Annotated[float, Field(gt=0.0, le=1.0)]
 # --------------------------------------------------------------------------- sections
 
 
+class SecretKeyRef(_Model):
+    """One key of a Kubernetes Secret in the run's namespace (never the value itself)."""
+
+    name: str = Field(min_length=1, description="Secret name.")
+    key: str = Field(min_length=1, description="Key inside the Secret.")
+
+
 class OpenAIEndpoint(_Model):
     """An OpenAI-compatible server (vLLM's, TGI, hosted APIs, ``transformers serve``)."""
 
@@ -104,6 +114,17 @@ class OpenAIEndpoint(_Model):
         description="Environment variable holding the API key (in a cluster: filled from a "
         "Secret). None sends no key.",
     )
+    api_key_secret: SecretKeyRef | None = Field(
+        default=None,
+        description="In a cluster: the Secret key that fills apiKeyEnv in step pods "
+        "(apiKeyEnv defaults to OPENAI_API_KEY when this is set).",
+    )
+
+    @model_validator(mode="after")
+    def _key_env(self) -> OpenAIEndpoint:
+        if self.api_key_secret is not None and self.api_key_env is None:
+            self.api_key_env = "OPENAI_API_KEY"
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -248,11 +269,17 @@ class CreatorSpec(_Model):
     )
     informativeness: Informativeness = Field(default=Informativeness.gap)
     sampling: Sampling = Field(default=Sampling.importanceWeighted)
-    sample_fraction: float = Field(default=0.25, description="Share of prompts kept for evolving.")
+    sample_fraction: float = Field(
+        default=0.25,
+        description="Share of prompts kept for evolving, in (0, 1].",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": 1},
+    )
     evolve: EvolveSpec = Field(default_factory=EvolveSpec)
     buffer_ratio: float = Field(
         default=0.2,
-        description="Share of training prompts taken from the original set (rest: evolved).",
+        description="Share of training prompts taken from the original set (rest: evolved), "
+        "in [0, 1).",
+        json_schema_extra={"minimum": 0, "exclusiveMaximum": 1},
     )
 
     @field_validator("sample_fraction")
@@ -312,10 +339,17 @@ class EvaluationSpec(_Model):
     max_new_tokens: int | None = Field(default=None, ge=1, description="None: generation's.")
 
 
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+
+
 class StepResources(_Model):
-    gpus: int = Field(default=0, ge=0)
-    cpu: str | None = None
-    memory: str | None = None
+    gpus: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per pod.")
+    cpu: str | None = Field(
+        default=None, pattern=_QUANTITY, description="CPU request = limit, e.g. '8' or '500m'."
+    )
+    memory: str | None = Field(
+        default=None, pattern=_QUANTITY, description="Memory request = limit, e.g. '64Gi'."
+    )
 
 
 class Toleration(_Model):
@@ -327,21 +361,66 @@ class Toleration(_Model):
 
 
 class ResourcesSpec(_Model):
-    image: str | None = Field(default=None, description="Step image (default: the chart's).")
-    generate: StepResources = Field(default_factory=lambda: StepResources(gpus=1))
+    """Where and how step pods run in a cluster (ignored by ``eva run``); may change mid-run."""
+
+    image: str | None = Field(default=None, description="Step image (default: the operator's).")
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secret names for pulling the image."
+    )
+    service_account_name: str | None = Field(
+        default=None, description="Step pods' service account (default: the namespace's)."
+    )
+    prepare: StepResources = Field(
+        default_factory=StepResources, description="The once-per-run prompt preparation step."
+    )
+    generate: StepResources = Field(
+        default_factory=lambda: StepResources(gpus=1),
+        description="Per generation pod (generate and generate-evolved, each shard).",
+    )
     create: StepResources = Field(default_factory=lambda: StepResources(gpus=1))
     train: StepResources = Field(default_factory=lambda: StepResources(gpus=1))
     evaluate: StepResources = Field(default_factory=lambda: StepResources(gpus=1))
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="A Kubernetes pod affinity block, passed through as is."
+    )
     priority_class_name: str | None = None
-    queue_name: str | None = Field(default=None, description="Kueue LocalQueue label.")
+    queue_name: str | None = Field(
+        default=None, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name)."
+    )
 
 
 class StorageSpec(_Model):
     uri: str | None = Field(
         default=None,
-        description="Artifact root: a path (PVC mount) or fsspec URI; local default ./eva-runs.",
+        description="eva run: artifact root folder (default ./eva-runs). In a cluster the "
+        "root is claimName mounted at mountPath.",
+    )
+    claim_name: str | None = Field(
+        default=None,
+        description="In a cluster: the PersistentVolumeClaim (ReadWriteMany when generation is "
+        "sharded) that holds artifacts (default: the operator's).",
+    )
+    mount_path: str = Field(
+        default="/artifacts", pattern=r"^/", description="Where step pods mount the claim."
+    )
+
+
+class Credentials(_Model):
+    """Secrets that step pods receive as environment variables (cluster only)."""
+
+    hub_token: SecretKeyRef | None = Field(
+        default=None, description="Hugging Face token, as HF_TOKEN (gated models)."
+    )
+    mlflow_token: SecretKeyRef | None = Field(
+        default=None, description="MLflow bearer token, as MLFLOW_TRACKING_TOKEN."
+    )
+    mlflow_username: SecretKeyRef | None = Field(
+        default=None, description="MLflow basic auth user, as MLFLOW_TRACKING_USERNAME."
+    )
+    mlflow_password: SecretKeyRef | None = Field(
+        default=None, description="MLflow basic auth password, as MLFLOW_TRACKING_PASSWORD."
     )
 
 
@@ -356,11 +435,27 @@ class TrackingSpec(_Model):
 
 
 class RunPolicy(_Model):
-    backoff_limit: int = Field(default=2, ge=0, description="Retries of a failed step.")
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
-    pending_deadline_seconds: int | None = Field(default=600, ge=1)
-    suspend: bool = False
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """How the operator runs the steps (ignored by ``eva run``); may change mid-run."""
+
+    backoff_limit: int = Field(
+        default=2, ge=0, le=100, description="Retries of a failed step before the run fails."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="The whole run fails when it runs longer than this."
+    )
+    pending_deadline_seconds: int | None = Field(
+        default=600,
+        ge=1,
+        description="A step pod Pending this long (unschedulable, image pull errors) fails the "
+        "run with the pod's reason. None waits forever (e.g. behind a queue).",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="true stops the running step's Job; false resumes at the same step.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Finished step Jobs are deleted after this long."
+    )
 
 
 class EvaRunSpec(_Model):
@@ -376,7 +471,27 @@ class EvaRunSpec(_Model):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    credentials: Credentials = Field(default_factory=Credentials)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
+
+    @model_validator(mode="after")
+    def _one_secret_per_env(self) -> EvaRunSpec:
+        seen: dict[str, tuple[str, SecretKeyRef]] = {}
+        for where, ep in (
+            ("generation.endpoint", self.generation.endpoint),
+            ("creator.evolve.evolver.endpoint", self.creator.evolve.evolver.endpoint),
+            ("rewardModel.judgeEndpoint", self.reward_model.judge_endpoint),
+        ):
+            if ep is None or ep.api_key_secret is None or ep.api_key_env is None:
+                continue
+            prior = seen.get(ep.api_key_env)
+            if prior is not None and prior[1] != ep.api_key_secret:
+                raise ValueError(
+                    f"{where}.apiKeySecret: {prior[0]} fills {ep.api_key_env} from another "
+                    "Secret; give one of them its own apiKeyEnv"
+                )
+            seen[ep.api_key_env] = (where, ep.api_key_secret)
+        return self
 
 
 class Metadata(_Model):
@@ -408,6 +523,13 @@ class EvaRun(_Model):
     @property
     def namespace(self) -> str:
         return self.metadata.namespace
+
+
+def steps_for(creator_enabled: bool) -> tuple[str, ...]:
+    """The steps of one iteration, in order; without the creator, the classic baseline."""
+    if creator_enabled:
+        return STEPS
+    return ("generate", "train", "evaluate")
 
 
 # --------------------------------------------------------------------------- loading
@@ -519,6 +641,31 @@ def load_run(path: str | Path) -> EvaRun:
     if len(runs) != 1:
         raise SpecError(str(path), [f"expected one EvaRun, found {len(runs)}"])
     return runs[0]
+
+
+# Sections that decide only where and how steps run, not what they compute: they may change
+# while a run is under way. Every other spec field is fixed once the run has started.
+MUTABLE_FIELDS = ("spec.iterations", "spec.resources", "spec.runPolicy", "spec.credentials")
+
+
+def spec_changes(old: EvaRun, new: EvaRun) -> list[str]:
+    """The fields (camelCase paths) that differ and may not change under a started run."""
+
+    def flat(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                flat(f"{prefix}.{k}", v, out)
+        else:
+            out[prefix] = value
+        return out
+
+    a = flat("spec", old.spec.model_dump(by_alias=True, mode="json"), {})
+    b = flat("spec", new.spec.model_dump(by_alias=True, mode="json"), {})
+
+    def mutable(key: str) -> bool:
+        return any(key == m or key.startswith(m + ".") for m in MUTABLE_FIELDS)
+
+    return [k for k in sorted(set(a) | set(b)) if not mutable(k) and a.get(k) != b.get(k)]
 
 
 def dump_run(run: EvaRun) -> str:

@@ -197,6 +197,10 @@ class Tracker:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
         self._guarded(lambda: self._finish(status))
 
+    def parent_run_id(self) -> str | None:
+        """The MLflow run of the whole EvaRun on this server (None before the first sync)."""
+        return self._server_state(self._load_state()).get("parent_run_id")
+
     def ui_command(self) -> str:
         """How a user opens this run: the server's page, or `mlflow ui` over the store."""
         shown = _redact(self.uri)

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-from eva_runtime.artifacts import STEPS
 from eva_runtime.phases.context import Context
+from eva_runtime.spec import STEPS, steps_for
 
 PHASES = ("prepare", *STEPS)
-
-
-def steps_for(creator_enabled: bool) -> tuple[str, ...]:
-    """The steps of one iteration, in order."""
-    if creator_enabled:
-        return STEPS
-    return ("generate", "train", "evaluate")
 
 
 def run_phase(

@@ -134,7 +134,7 @@ def test_eva_validate_exits_nonzero_and_lists_errors(tmp_path: Path) -> None:
 def test_spec_and_library_core_import_without_torch() -> None:
     code = (
         "import sys, eva_runtime.spec, eva_runtime.creator, eva_runtime.solver, eva_runtime.cli, "
-        "eva_runtime.backends, eva_runtime.models, eva_runtime.runner\n"
+        "eva_runtime.backends, eva_runtime.models, eva_runtime.runner, eva_runtime.crd\n"
         "heavy = [m for m in ('torch', 'transformers', 'trl', 'vllm') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )

@@ -1,0 +1,3 @@
+from eva_operator.main import main
+
+main()

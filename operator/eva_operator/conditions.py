@@ -1,0 +1,74 @@
+"""Run phases, condition types and the reasons the operator gives, each documented once.
+
+Conditions follow the Kubernetes convention (type, status, reason, message,
+lastTransitionTime); ``lastTransitionTime`` moves only when ``status`` flips.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# --------------------------------------------------------------------------- phases
+PENDING = "Pending"  # accepted, no step started yet
+RUNNING = "Running"  # a step Job exists or is about to
+SUCCEEDED = "Succeeded"  # every step of every iteration complete
+FAILED = "Failed"  # terminal: see reason / message
+SUSPENDED = "Suspended"  # runPolicy.suspend is true; the running step's Job was stopped
+PHASES = (PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED)
+TERMINAL = (SUCCEEDED, FAILED)
+
+# --------------------------------------------------------------------------- condition types
+COND_RUNNING = "Running"
+COND_SUSPENDED = "Suspended"
+COND_SUCCEEDED = "Succeeded"
+COND_FAILED = "Failed"
+
+# --------------------------------------------------------------------------- reasons
+# Used both as condition reasons and as Event reasons.
+STEP_STARTED = "StepStarted"  # a step's Job was created
+STEP_SUCCEEDED = "StepSucceeded"  # a step's Job completed; its summary is in status.history
+STEP_FAILED = "StepFailed"  # a step's Job failed; it is retried while the backoff allows
+STEP_RETRYING = "StepRetrying"  # a failed step runs again from its last complete shard
+BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # a step failed more than runPolicy.backoffLimit
+POD_PENDING_TOO_LONG = "PodPendingTooLong"  # a pod stayed Pending past pendingDeadlineSeconds
+DEADLINE_EXCEEDED = "DeadlineExceeded"  # the run ran past runPolicy.activeDeadlineSeconds
+INVALID_SPEC = "InvalidSpec"  # the spec fails validation (e.g. applied without the webhook)
+JOB_REJECTED = "JobRejected"  # the API server refused a step Job (e.g. a bad affinity)
+SUSPENDED_REASON = "Suspended"  # runPolicy.suspend was set
+RESUMED = "Resumed"  # runPolicy.suspend was cleared; the run continues at the same step
+RUN_SUCCEEDED = "RunSucceeded"  # every iteration complete
+ITERATION_SUCCEEDED = "IterationSucceeded"  # an iteration's evaluation finished
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """A new list with ``type_`` set; the transition time moves only when the status flips."""
+    value = "True" if status else "False"
+    old = condition(conditions, type_)
+    new: dict[str, Any] = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": (
+            old["lastTransitionTime"]
+            if old and old.get("status") == value and old.get("lastTransitionTime")
+            else now
+        ),
+    }
+    if generation is not None:
+        new["observedGeneration"] = generation
+    if old is None:
+        return [*conditions, new]
+    return [new if c.get("type") == type_ else c for c in conditions]
+
+
+def condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == type_), None)

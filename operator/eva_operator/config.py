@@ -1,0 +1,96 @@
+"""Operator settings: every knob, its environment variable and its default, in one place.
+
+The chart sets these through the Deployment's environment; ``eva-operator --help`` lists the
+flags that override them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from eva_operator.jobs import StepDefaults
+
+
+def _json(name: str, default: Any) -> Any:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}: not valid JSON ({exc})") from None
+
+
+def _list(name: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in os.environ.get(name, "").split(",") if x.strip())
+
+
+def _opt(name: str) -> str | None:
+    return os.environ.get(name, "").strip() or None
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    # Namespaces to watch; empty = the whole cluster.        EVA_WATCH_NAMESPACES (a,b)
+    namespaces: tuple[str, ...] = ()
+    # Port of /metrics.                                       EVA_OPERATOR_METRICS_PORT
+    metrics_port: int = 8080
+    # Port of the liveness endpoint /healthz (0: off).       EVA_OPERATOR_HEALTH_PORT
+    health_port: int = 8081
+    # Safety-net resync of every unfinished run, seconds.     EVA_OPERATOR_RESYNC_SECONDS
+    resync_seconds: float = 60.0
+    # Admission webhook: off | cert-manager | self-managed | insecure (plain HTTP, tests).
+    #                                                         EVA_WEBHOOK_MODE
+    webhook_mode: str = "off"
+    # Port the webhook server listens on.                     EVA_WEBHOOK_PORT
+    webhook_port: int = 9443
+    # cert-manager mode: folder with tls.crt and tls.key.     EVA_WEBHOOK_CERT_DIR
+    webhook_cert_dir: str = "/certs"
+    # self-managed mode: the Service DNS name that the API server calls, and the name of
+    # the ValidatingWebhookConfiguration kopf keeps up to date.
+    #                                          EVA_WEBHOOK_HOST, EVA_WEBHOOK_CONFIGURATION
+    webhook_host: str | None = None
+    webhook_configuration: str = "eva.dev"
+    # Defaults for step pods (an EvaRun's own values win):
+    #   EVA_STEP_IMAGE, EVA_STEP_IMAGE_PULL_POLICY, EVA_STEP_IMAGE_PULL_SECRETS (a,b),
+    #   EVA_STEP_SERVICE_ACCOUNT, EVA_ARTIFACT_CLAIM, EVA_STEP_NODE_SELECTOR (JSON),
+    #   EVA_STEP_TOLERATIONS (JSON list), EVA_STEP_PRIORITY_CLASS, EVA_MLFLOW_TRACKING_URI,
+    #   EVA_PUSHGATEWAY_URL, EVA_GPU_RESOURCE (nvidia.com/gpu)
+    steps: StepDefaults = field(default_factory=StepDefaults)
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        d = StepDefaults()
+        steps = StepDefaults(
+            image=_opt("EVA_STEP_IMAGE") or d.image,
+            image_pull_policy=_opt("EVA_STEP_IMAGE_PULL_POLICY") or d.image_pull_policy,
+            image_pull_secrets=_list("EVA_STEP_IMAGE_PULL_SECRETS"),
+            service_account_name=_opt("EVA_STEP_SERVICE_ACCOUNT"),
+            claim_name=_opt("EVA_ARTIFACT_CLAIM"),
+            node_selector=_json("EVA_STEP_NODE_SELECTOR", {}),
+            tolerations=tuple(_json("EVA_STEP_TOLERATIONS", [])),
+            priority_class_name=_opt("EVA_STEP_PRIORITY_CLASS"),
+            mlflow_tracking_uri=_opt("EVA_MLFLOW_TRACKING_URI"),
+            pushgateway_url=_opt("EVA_PUSHGATEWAY_URL"),
+            gpu_resource=_opt("EVA_GPU_RESOURCE") or d.gpu_resource,
+        )
+        mode = (_opt("EVA_WEBHOOK_MODE") or "off").lower()
+        if mode not in ("off", "cert-manager", "self-managed", "insecure"):
+            raise ValueError(
+                f"EVA_WEBHOOK_MODE={mode!r}: one of off, cert-manager, self-managed, insecure"
+            )
+        return cls(
+            namespaces=_list("EVA_WATCH_NAMESPACES"),
+            metrics_port=int(os.environ.get("EVA_OPERATOR_METRICS_PORT", "8080")),
+            health_port=int(os.environ.get("EVA_OPERATOR_HEALTH_PORT", "8081")),
+            resync_seconds=float(os.environ.get("EVA_OPERATOR_RESYNC_SECONDS", "60")),
+            webhook_mode=mode,
+            webhook_port=int(os.environ.get("EVA_WEBHOOK_PORT", "9443")),
+            webhook_cert_dir=os.environ.get("EVA_WEBHOOK_CERT_DIR", "/certs"),
+            webhook_host=_opt("EVA_WEBHOOK_HOST"),
+            webhook_configuration=_opt("EVA_WEBHOOK_CONFIGURATION") or "eva.dev",
+            steps=steps,
+        )

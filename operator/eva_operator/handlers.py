@@ -1,0 +1,249 @@
+"""kopf handlers: thin. Each one pokes the reconciler or answers admission; none decides.
+
+The handlers are registered into a fresh registry per operator (``registry(config)``), so
+the admission handler exists only where a webhook server serves it, and the resync
+interval comes from the configuration. ``eva-operator`` runs them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from eva_operator import GROUP, PLURAL, VERSION
+from eva_operator.admission import review
+from eva_operator.config import OperatorConfig
+from eva_operator.jobs import LABEL_RUN
+from eva_operator.kube import Kube, jobs_path
+from eva_operator.metrics import OperatorMetrics
+from eva_operator.reconciler import Reconciler
+
+log = logging.getLogger("eva_operator")
+
+
+@dataclass
+class OperatorState:
+    """Shared by every handler: kopf gives each object a shallow copy of the global memo."""
+
+    config: OperatorConfig
+    metrics: OperatorMetrics
+    reconciler: Reconciler
+
+
+def _state(memo: Any) -> OperatorState:
+    return memo.eva  # type: ignore[no-any-return]
+
+
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    cfg = getattr(memo, "config", None) or OperatorConfig.from_env()
+    metrics = getattr(memo, "metrics", None) or OperatorMetrics()
+    memo.eva = OperatorState(
+        config=cfg,
+        metrics=metrics,
+        reconciler=Reconciler(
+            kube=Kube(),
+            defaults=cfg.steps,
+            metrics=metrics,
+            mlflow_uri=cfg.steps.mlflow_tracking_uri,
+        ),
+    )
+    # Our own status and Events only: kopf keeps its bookkeeping in annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="eva.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="eva.dev", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "eva.dev/cleanup"
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    if cfg.webhook_mode == "insecure":
+        settings.admission.server = kopf.WebhookServer(
+            addr="127.0.0.1", port=cfg.webhook_port, insecure=True
+        )
+    elif cfg.webhook_mode == "cert-manager":
+        cert = Path(cfg.webhook_cert_dir)
+        settings.admission.server = kopf.WebhookServer(
+            addr="0.0.0.0",
+            port=cfg.webhook_port,
+            certfile=str(cert / "tls.crt"),
+            pkeyfile=str(cert / "tls.key"),
+        )
+    elif cfg.webhook_mode == "self-managed":
+        settings.admission.server = kopf.WebhookServer(
+            addr="0.0.0.0", port=cfg.webhook_port, host=cfg.webhook_host
+        )
+        settings.admission.managed = cfg.webhook_configuration
+
+
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account, else the kubeconfig; the same credentials for our client."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is not None:
+        _state(memo).reconciler.kube.set_connection(info)
+    return info
+
+
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    rec = _state(memo).reconciler
+    await rec.close()
+    await rec.kube.close()
+
+
+def _reconciler(memo: Any, eva_jobs: kopf.Index, eva_pods: kopf.Index) -> Reconciler:
+    rec = _state(memo).reconciler
+    rec.jobs_of = lambda ns, name: eva_jobs.get((ns, name), ())
+    rec.pods_of = lambda ns, name: eva_pods.get((ns, name), ())
+    return rec
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+def _slim(body: kopf.Body) -> dict[str, Any]:
+    """What the plan reads of a Job or Pod (a snapshot, not kopf's live view)."""
+    meta = body.get("metadata") or {}
+    return {
+        "metadata": {
+            k: meta.get(k)
+            for k in ("name", "namespace", "labels", "creationTimestamp", "deletionTimestamp")
+        },
+        "spec": {"completions": (body.get("spec") or {}).get("completions")},
+        "status": dict(body.get("status") or {}),
+    }
+
+
+async def eva_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {(namespace, labels[LABEL_RUN]): _slim(body)}
+
+
+async def eva_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {(namespace, labels[LABEL_RUN]): _slim(body)}
+
+
+# --------------------------------------------------------------------------- pokes
+
+
+async def run_event(
+    type: str | None,
+    name: str,
+    namespace: str,
+    memo: kopf.Memo,
+    eva_jobs: kopf.Index,
+    eva_pods: kopf.Index,
+    **_: Any,
+) -> None:
+    rec = _reconciler(memo, eva_jobs, eva_pods)
+    if type == "DELETED":
+        rec.forget(namespace, name)
+    else:
+        rec.poke(namespace, name)
+
+
+async def job_event(
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    eva_jobs: kopf.Index,
+    eva_pods: kopf.Index,
+    **_: Any,
+) -> None:
+    _reconciler(memo, eva_jobs, eva_pods).poke(namespace, labels[LABEL_RUN])
+
+
+async def pod_event(
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    eva_jobs: kopf.Index,
+    eva_pods: kopf.Index,
+    **_: Any,
+) -> None:
+    _reconciler(memo, eva_jobs, eva_pods).poke(namespace, labels[LABEL_RUN])
+
+
+async def resync(
+    name: str,
+    namespace: str,
+    memo: kopf.Memo,
+    eva_jobs: kopf.Index,
+    eva_pods: kopf.Index,
+    **_: Any,
+) -> None:
+    """Safety net only: events drive the runs."""
+    _reconciler(memo, eva_jobs, eva_pods).poke(namespace, name)
+
+
+async def run_deleted(
+    name: str,
+    namespace: str,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    eva_jobs: kopf.Index,
+    eva_pods: kopf.Index,
+    body: kopf.Body,
+    **_: Any,
+) -> None:
+    """Remove the run's Jobs now (owner references would, later) and end its MLflow run."""
+    rec = _reconciler(memo, eva_jobs, eva_pods)
+    rec.forget(namespace, name)
+    for job in list(eva_jobs.get((namespace, name), ())):
+        job_name = (job.get("metadata") or {}).get("name")
+        if job_name:
+            await rec.kube.delete(jobs_path(namespace, job_name))
+    if status.get("phase") not in ("Succeeded", "Failed"):
+        await rec.end_tracking(dict(body), dict(status), "KILLED")
+
+
+# --------------------------------------------------------------------------- admission
+
+
+async def admit(
+    operation: str,
+    body: kopf.Body,
+    old: Any,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    problems = review(operation, dict(body), dict(old) if old else None, _state(memo).config.steps)
+    if problems:
+        raise kopf.AdmissionError("invalid EvaRun:\n" + "\n".join(problems), code=422)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in ("Succeeded", "Failed")
+
+
+def registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """Every handler, registered for one operator with this configuration."""
+    reg = kopf.OperatorRegistry()
+    jobs = ("batch", "v1", "jobs")
+    pods = ("", "v1", "pods")
+    ours = {LABEL_RUN: kopf.PRESENT}
+    kopf.on.startup(registry=reg)(configure)
+    kopf.on.login(registry=reg)(login)
+    kopf.on.cleanup(registry=reg)(shutdown)
+    kopf.index(*jobs, labels=ours, registry=reg)(eva_jobs)
+    kopf.index(*pods, labels=ours, registry=reg)(eva_pods)
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=reg)(run_event)
+    kopf.on.event(*jobs, labels=ours, registry=reg)(job_event)
+    kopf.on.event(*pods, labels=ours, registry=reg)(pod_event)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=config.resync_seconds,
+        when=_unfinished,
+        registry=reg,
+    )(resync)
+    kopf.on.delete(GROUP, VERSION, PLURAL, registry=reg)(run_deleted)
+    if config.webhook_mode != "off":
+        kopf.on.validate(GROUP, VERSION, PLURAL, operations=["CREATE", "UPDATE"], registry=reg)(
+            admit
+        )
+    return reg

@@ -1,0 +1,296 @@
+"""Pure builders of the step Jobs: an EvaRun and a step in, a Job manifest (a dict) out.
+
+Every step pod runs ``eva phase STEP`` on the run directory kept on the artifact claim;
+it receives the spec in ``EVA_SPEC_YAML`` and writes its summary (JSON) as the
+container's termination message, which the operator copies into the run's status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from eva_operator import API_VERSION, KIND
+from eva_runtime.spec import EvaRun, StepResources, dump_run
+
+LABEL_RUN = "eva.dev/run"
+LABEL_ITERATION = "eva.dev/iteration"
+LABEL_STEP = "eva.dev/step"
+LABEL_ATTEMPT = "eva.dev/attempt"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+CONTAINER = "step"
+TERMINATION_LOG = "/dev/termination-log"
+METRICS_PORT = 9090
+GENERATION_STEPS = ("generate", "generate-evolved")
+# The resources section that sizes each step's pods.
+RESOURCES_OF = {
+    "prepare": "prepare",
+    "generate": "generate",
+    "generate-evolved": "generate",
+    "create": "create",
+    "train": "train",
+    "evaluate": "evaluate",
+}
+UID = 1000
+
+
+@dataclass(frozen=True)
+class StepDefaults:
+    """What the operator's install decides for step pods; an EvaRun's own values win.
+
+    Every field has the default a plain ``helm install`` gives (see the chart's values).
+    """
+
+    image: str = "ghcr.io/eva-platform/eva-runtime:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account_name: str | None = None
+    claim_name: str | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    priority_class_name: str | None = None
+    mlflow_tracking_uri: str | None = None
+    pushgateway_url: str | None = None
+    gpu_resource: str = "nvidia.com/gpu"
+
+
+def job_name(run: str, iteration: int, step: str, attempt: int = 0) -> str:
+    """``<run>-i<t>-<step>`` (``-r<k>`` for the k-th retry), hash-shortened past 63 characters."""
+    suffix = f"-i{iteration}-{step}" + (f"-r{attempt}" if attempt else "")
+    name = run + suffix
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(run.encode()).hexdigest()[:8]
+    keep = 63 - len(suffix) - len(digest) - 1
+    return f"{run[:keep].rstrip('-')}-{digest}{suffix}"
+
+
+def run_dir(run: EvaRun) -> str:
+    """The run's folder inside step pods: ``<mountPath>/<namespace>/<name>``."""
+    root = run.spec.storage.mount_path.rstrip("/") or ""
+    return f"{root}/{run.namespace}/{run.name}"
+
+
+def owner_reference(run_meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": run_meta["name"],
+        "uid": run_meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def pod_spec_manifest(run: EvaRun) -> str:
+    """The manifest step pods receive: the spec only, with a bare metadata block."""
+    bare = EvaRun.model_validate(
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": run.name, "namespace": run.namespace},
+            "spec": run.spec.model_dump(by_alias=True, mode="json"),
+        }
+    )
+    return dump_run(bare)
+
+
+def _quantities(res: StepResources, gpu_resource: str) -> dict[str, Any]:
+    amounts: dict[str, str] = {}
+    if res.cpu:
+        amounts["cpu"] = res.cpu
+    if res.memory:
+        amounts["memory"] = res.memory
+    limits = dict(amounts)
+    if res.gpus:
+        limits[gpu_resource] = str(res.gpus)
+    out: dict[str, Any] = {}
+    if amounts:
+        out["requests"] = amounts
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _secret_env(name: str, ref: Any) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def step_env(run: EvaRun, defaults: StepDefaults) -> list[dict[str, Any]]:
+    """Plain settings, then credentials, each credential only as a Secret reference."""
+    s = run.spec
+    env: list[dict[str, Any]] = [
+        {"name": "EVA_SPEC_YAML", "value": pod_spec_manifest(run)},
+        {"name": "EVA_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": "/cache"},
+        {"name": "HF_HOME", "value": "/cache/huggingface"},
+        {"name": "EVA_CACHE_DIR", "value": "/cache/eva"},
+        {"name": "TRITON_CACHE_DIR", "value": "/cache/triton"},
+    ]
+    uri = s.tracking.mlflow.tracking_uri or defaults.mlflow_tracking_uri
+    if uri:
+        env.append({"name": "MLFLOW_TRACKING_URI", "value": uri})
+    if defaults.pushgateway_url:
+        env.append({"name": "EVA_PUSHGATEWAY_URL", "value": defaults.pushgateway_url})
+    c = s.credentials
+    for var, ref in (
+        ("HF_TOKEN", c.hub_token),
+        ("MLFLOW_TRACKING_TOKEN", c.mlflow_token),
+        ("MLFLOW_TRACKING_USERNAME", c.mlflow_username),
+        ("MLFLOW_TRACKING_PASSWORD", c.mlflow_password),
+    ):
+        if ref is not None:
+            env.append(_secret_env(var, ref))
+    seen: set[str] = set()
+    for ep in (
+        s.generation.endpoint,
+        s.creator.evolve.evolver.endpoint,
+        s.reward_model.judge_endpoint,
+    ):
+        if ep is None or ep.api_key_secret is None or ep.api_key_env in seen:
+            continue
+        seen.add(ep.api_key_env)  # type: ignore[arg-type]
+        env.append(_secret_env(ep.api_key_env, ep.api_key_secret))  # type: ignore[arg-type]
+    return env
+
+
+def build_job(
+    run: EvaRun,
+    run_meta: dict[str, Any],
+    iteration: int,
+    step: str,
+    attempt: int = 0,
+    *,
+    defaults: StepDefaults | None = None,
+    active_deadline_seconds: int | None = None,
+) -> dict[str, Any]:
+    """The Job for one step of one iteration (an Indexed Job for the generation steps)."""
+    d = defaults or StepDefaults()
+    s = run.spec
+    r = s.resources
+    name = job_name(run.name, iteration, step, attempt)
+    labels = {
+        "app.kubernetes.io/name": "eva",
+        "app.kubernetes.io/component": "step",
+        "app.kubernetes.io/managed-by": "eva-operator",
+        LABEL_RUN: run.name,
+        LABEL_ITERATION: str(iteration),
+        LABEL_STEP: step,
+        LABEL_ATTEMPT: str(attempt),
+    }
+    if r.queue_name:
+        labels[LABEL_QUEUE] = r.queue_name
+    claim = s.storage.claim_name or d.claim_name
+    if not claim:
+        raise ValueError(
+            "spec.storage.claimName: no artifact claim (set it, or install the operator with "
+            "a default claim)"
+        )
+    args = [
+        "phase",
+        step,
+        "--run-dir",
+        run_dir(run),
+        "--iteration",
+        str(iteration),
+        "--termination-log",
+        TERMINATION_LOG,
+    ]
+    shards = s.generation.shards if step in GENERATION_STEPS else 1
+    if step in GENERATION_STEPS:
+        args += ["--num-shards", str(shards)]
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": r.image or d.image,
+        "imagePullPolicy": d.image_pull_policy,
+        "command": ["eva"],
+        "args": args,
+        "env": step_env(run, d),
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "resources": _quantities(getattr(r, RESOURCES_OF[step]), d.gpu_resource),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": False,
+        },
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "artifacts", "mountPath": s.storage.mount_path},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "cache", "mountPath": "/cache"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "fsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "cache", "emptyDir": {}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ],
+    }
+    account = r.service_account_name or d.service_account_name
+    if account:
+        pod_spec["serviceAccountName"] = account
+    secrets = list(r.image_pull_secrets) or list(d.image_pull_secrets)
+    if secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in secrets]
+    node_selector = {**d.node_selector, **r.node_selector}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in r.tolerations]
+    if tolerations or d.tolerations:
+        pod_spec["tolerations"] = tolerations or [dict(t) for t in d.tolerations]
+    if r.affinity:
+        pod_spec["affinity"] = r.affinity
+    priority = r.priority_class_name or d.priority_class_name
+    if priority:
+        pod_spec["priorityClassName"] = priority
+    job_spec: dict[str, Any] = {
+        # The operator retries a failed step itself (runPolicy.backoffLimit), as a new Job.
+        "backoffLimit": 0,
+        "completions": shards,
+        "parallelism": shards,
+        "template": {
+            "metadata": {
+                "labels": labels,
+                "annotations": {"eva.dev/metrics-port": str(METRICS_PORT)},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if step in GENERATION_STEPS:
+        job_spec["completionMode"] = "Indexed"
+    if active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = max(1, int(active_deadline_seconds))
+    if s.run_policy.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = s.run_policy.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": run.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(run_meta)],
+        },
+        "spec": job_spec,
+    }

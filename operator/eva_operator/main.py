@@ -1,0 +1,81 @@
+"""``eva-operator``: run the operator (settings from the environment, see ``config``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+import kopf
+from prometheus_client import start_http_server
+
+from eva_operator.config import OperatorConfig
+from eva_operator.metrics import OperatorMetrics
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="eva-operator", description="Reconcile EvaRun resources into step Jobs."
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch this namespace (repeatable) [env EVA_WATCH_NAMESPACES=a,b]",
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch the whole cluster (default)"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, help="/metrics port [EVA_OPERATOR_METRICS_PORT=8080]"
+    )
+    p.add_argument(
+        "--health-port", type=int, help="/healthz port, 0 = off [EVA_OPERATOR_HEALTH_PORT=8081]"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.namespace:
+        os.environ["EVA_WATCH_NAMESPACES"] = ",".join(args.namespace)
+    if args.all_namespaces:
+        os.environ["EVA_WATCH_NAMESPACES"] = ""
+    if args.metrics_port is not None:
+        os.environ["EVA_OPERATOR_METRICS_PORT"] = str(args.metrics_port)
+    if args.health_port is not None:
+        os.environ["EVA_OPERATOR_HEALTH_PORT"] = str(args.health_port)
+    try:
+        cfg = OperatorConfig.from_env()
+    except ValueError as exc:
+        print(f"eva-operator: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from eva_operator.handlers import registry
+
+    metrics = OperatorMetrics()
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, registry=metrics.registry)
+    liveness = f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not cfg.namespaces,
+            namespaces=cfg.namespaces,
+            liveness_endpoint=liveness,
+            standalone=True,
+            registry=registry(cfg),
+            memo=kopf.Memo(config=cfg, metrics=metrics),
+        )
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,555 @@
+"""What to do next for one EvaRun: a pure function of the run, the Jobs and Pods it owns, and
+the time.
+
+``plan`` returns the run's next status plus the Jobs to create or delete and the Events to
+post; it performs no I/O, so every behaviour (retries, deadlines, suspension, restarts) is
+tested by feeding it plain dicts. Completed steps are recorded in ``status.completed``; a
+Job's existence is never taken as progress, so a step is never run twice by mistake and a
+Job deleted while suspended or by its TTL loses nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from eva_operator import conditions as c
+from eva_operator.jobs import (
+    CONTAINER,
+    LABEL_RUN,
+    StepDefaults,
+    build_job,
+    job_name,
+    run_dir,
+)
+from eva_runtime.spec import EvaRun, SpecError, parse_run, steps_for
+
+# Counts copied from step summaries into status.history (step -> {count: history key}).
+HISTORY_FIELDS: dict[str, dict[str, str]] = {
+    "prepare": {"prompts": "prompts", "heldout": "heldOut"},
+    "generate": {
+        "prompts": "prompts",
+        "responses": "responses",
+        "reward_mean": "rewardMean",
+        "reward_gap_mean": "rewardGap",
+        "tokens": "tokens",
+    },
+    "create": {
+        "selected": "kept",
+        "evolved": "evolved",
+        "dropped": "dropped",
+        "buffer": "buffer",
+        "mixed": "nextPrompts",
+        "informativeness_mean": "informativeness",
+    },
+    "generate-evolved": {"reward_mean": "evolvedRewardMean", "reward_gap_mean": "evolvedGap"},
+    "train": {"pairs": "pairs", "train_loss": "trainLoss", "reward_accuracy": "rewardAccuracy"},
+    "evaluate": {
+        "reward_previous": "heldOutBefore",
+        "reward_new": "heldOutReward",
+        "win_rate": "winRate",
+    },
+}
+# Counts that add up over the shards of a generation step.
+ADDITIVE = ("prompts", "responses", "tokens", "truncated")
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Actions:
+    """The plan's answer; the reconciler applies it in this order: delete, create, status."""
+
+    status: dict[str, Any]
+    create: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    # (step, seconds) for each step that just finished; (step, reason) for each failed Job.
+    finished_steps: list[tuple[str, float]] = field(default_factory=list)
+    failed_jobs: list[tuple[str, str]] = field(default_factory=list)
+
+    def changed(self, old_status: dict[str, Any]) -> bool:
+        return self.status != old_status
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    iteration: int
+    step: str
+    attempt: int
+    state: str  # active | succeeded | failed | deleting
+    message: str = ""
+    reason: str = ""
+    created: str | None = None
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    job: str
+    phase: str
+    created: str | None = None
+    waiting_reason: str = ""
+    waiting_message: str = ""
+    unschedulable: str = ""
+    termination_message: str = ""
+    exit_code: int | None = None
+
+
+# --------------------------------------------------------------------------- observing
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: str | None) -> datetime | None:
+    if not s:
+        return None
+    try:
+        return datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def sequence(run: EvaRun) -> list[tuple[int, str]]:
+    """Every step of the run in order: prepare once, then each iteration's steps."""
+    steps = steps_for(run.spec.creator.enabled)
+    return [(0, "prepare")] + [(t, s) for t in range(run.spec.iterations) for s in steps]
+
+
+def step_key(iteration: int, step: str) -> str:
+    return "prepare" if step == "prepare" else f"{iteration}/{step}"
+
+
+def observe_job(job: dict[str, Any]) -> JobView:
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = job.get("status") or {}
+    conds = {x.get("type"): x for x in status.get("conditions") or []}
+    completions = (job.get("spec") or {}).get("completions") or 1
+    if meta.get("deletionTimestamp"):
+        state, reason, message = "deleting", "", ""
+    elif (conds.get("Complete") or {}).get("status") == "True" or (
+        status.get("succeeded") or 0
+    ) >= completions:
+        state, reason, message = "succeeded", "", ""
+    elif (conds.get("Failed") or {}).get("status") == "True":
+        failed = conds["Failed"]
+        state, reason, message = "failed", failed.get("reason", ""), failed.get("message", "")
+    else:
+        state, reason, message = "active", "", ""
+    return JobView(
+        name=meta.get("name", ""),
+        iteration=int(labels.get("eva.dev/iteration", 0)),
+        step=labels.get("eva.dev/step", ""),
+        attempt=int(labels.get("eva.dev/attempt", 0)),
+        state=state,
+        reason=reason,
+        message=message,
+        created=meta.get("creationTimestamp"),
+    )
+
+
+def observe_pod(pod: dict[str, Any]) -> PodView:
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = pod.get("status") or {}
+    waiting_reason = waiting_message = termination = ""
+    exit_code = None
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != CONTAINER:
+            continue
+        state = cs.get("state") or {}
+        if state.get("waiting"):
+            waiting_reason = state["waiting"].get("reason", "")
+            waiting_message = state["waiting"].get("message", "")
+        if state.get("terminated"):
+            termination = state["terminated"].get("message", "") or ""
+            exit_code = state["terminated"].get("exitCode")
+    unschedulable = ""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            unschedulable = cond.get("message") or cond.get("reason") or "Unschedulable"
+    return PodView(
+        name=meta.get("name", ""),
+        job=labels.get("batch.kubernetes.io/job-name") or labels.get("job-name", ""),
+        phase=status.get("phase", "Pending"),
+        created=meta.get("creationTimestamp"),
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message,
+        unschedulable=unschedulable,
+        termination_message=termination,
+        exit_code=exit_code,
+    )
+
+
+def step_summary(pods: list[PodView]) -> dict[str, Any]:
+    """The step's summary from its pods' termination messages.
+
+    The shard that completes a sharded step writes the whole step's summary (scope
+    ``step``); without one, the shards' additive counts are summed.
+    """
+    messages = []
+    for p in pods:
+        try:
+            doc = json.loads(p.termination_message)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(doc, dict):
+            messages.append(doc)
+    whole = [m for m in messages if m.get("scope") == "step"]
+    if whole:
+        return whole[0]
+    if not messages:
+        return {}
+    out = dict(messages[0])
+    counts: dict[str, Any] = {}
+    for m in messages:
+        for k, v in (m.get("counts") or {}).items():
+            if k in ADDITIVE and isinstance(v, int | float):
+                counts[k] = counts.get(k, 0) + v
+    out["counts"] = counts
+    return out
+
+
+def failure_message(job: JobView, pods: list[PodView]) -> str:
+    """The most specific account of a failure: the pod's own message, else the Job's."""
+    for p in pods:
+        if p.phase == "Failed" or (p.exit_code not in (None, 0)):
+            text = p.termination_message.strip()
+            if text:
+                try:
+                    doc = json.loads(text)
+                    if isinstance(doc, dict) and doc.get("error"):
+                        return str(doc["error"])
+                except ValueError:
+                    pass
+                return text[-1000:]
+    return job.message or job.reason or "the Job failed"
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan(
+    run: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    now: datetime,
+    defaults: StepDefaults | None = None,
+) -> Actions:
+    """The next status of ``run`` and what to create, delete and announce to get there."""
+    old = run.get("status") or {}
+    status = copy.deepcopy(old)
+    acts = Actions(status=status)
+    meta = run.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return acts
+    ts = rfc3339(now)
+    generation = meta.get("generation")
+    status.setdefault("completed", [])
+    status.setdefault("conditions", [])
+    status.setdefault("history", [])
+    if generation is not None:
+        status["observedGeneration"] = generation
+    if status.get("phase") == c.FAILED:
+        return acts
+    try:
+        er = parse_run({k: run.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
+    except SpecError as exc:
+        fail(acts, c.INVALID_SPEC, "; ".join(exc.errors), ts, generation)
+        return acts
+    if not status.get("phase"):
+        status["phase"] = c.PENDING
+        status["startTime"] = ts
+    seq = sequence(er)
+    done = set(status["completed"])
+    if status.get("phase") == c.SUCCEEDED and all(step_key(t, s) in done for t, s in seq):
+        return acts
+    views = {v.name: v for v in (observe_job(j) for j in jobs)}
+    pod_views = [observe_pod(p) for p in pods]
+    live = [v for v in views.values() if v.state == "active"]
+    rp = er.spec.run_policy
+
+    started = parse_time(status.get("startTime")) or now
+    if rp.active_deadline_seconds and (now - started).total_seconds() > rp.active_deadline_seconds:
+        acts.delete += [v.name for v in live]
+        fail(
+            acts,
+            c.DEADLINE_EXCEEDED,
+            f"the run exceeded runPolicy.activeDeadlineSeconds ({rp.active_deadline_seconds} s)",
+            ts,
+            generation,
+        )
+        return acts
+
+    if rp.suspend:
+        acts.delete += [v.name for v in live]
+        if status.get("phase") != c.SUSPENDED:
+            status["phase"] = c.SUSPENDED
+            where = _where(status)
+            msg = f"suspended at {where}; set runPolicy.suspend: false to resume"
+            status["conditions"] = c.set_condition(
+                status["conditions"],
+                c.COND_SUSPENDED,
+                True,
+                c.SUSPENDED_REASON,
+                msg,
+                ts,
+                generation,
+            )
+            status["conditions"] = c.set_condition(
+                status["conditions"], c.COND_RUNNING, False, c.SUSPENDED_REASON, msg, ts, generation
+            )
+            acts.events.append(Event("Normal", c.SUSPENDED_REASON, msg))
+        return acts
+    if status.get("phase") == c.SUSPENDED:
+        msg = f"resumed at {_where(status)}"
+        status["conditions"] = c.set_condition(
+            status["conditions"], c.COND_SUSPENDED, False, c.RESUMED, msg, ts, generation
+        )
+        status["conditions"] = c.set_condition(
+            status["conditions"], c.COND_RUNNING, True, c.RESUMED, msg, ts, generation
+        )
+        acts.events.append(Event("Normal", c.RESUMED, msg))
+        status["phase"] = c.RUNNING
+
+    for t, step in seq:
+        key = step_key(t, step)
+        if key in done:
+            continue
+        same_step = status.get("iteration") == t and status.get("step") == step
+        attempt = int(status.get("attempt", 0)) if same_step else 0
+        name = job_name(er.name, t, step, attempt)
+        job = views.get(name)
+        if job is None:
+            remaining = None
+            if rp.active_deadline_seconds:
+                remaining = rp.active_deadline_seconds - (now - started).total_seconds()
+            manifest = build_job(
+                er,
+                meta,
+                t,
+                step,
+                attempt,
+                defaults=defaults,
+                active_deadline_seconds=None if remaining is None else int(remaining) + 1,
+            )
+            acts.create.append(manifest)
+            new_step = status.get("job") != name
+            status.update(
+                {"phase": c.RUNNING, "iteration": t, "step": step, "attempt": attempt, "job": name}
+            )
+            if new_step:
+                status["stepStartTime"] = ts
+                msg = f"iteration {t} step {step}: Job {name}" + (
+                    f" (attempt {attempt + 1})" if attempt else ""
+                )
+                status["conditions"] = c.set_condition(
+                    status["conditions"], c.COND_RUNNING, True, c.STEP_STARTED, msg, ts, generation
+                )
+                acts.events.append(Event("Normal", c.STEP_STARTED, msg))
+            return acts
+        if job.state == "deleting":
+            return acts  # a suspended or replaced Job is still going away; wait for it
+        mine = [p for p in pod_views if p.job == name]
+        if job.state == "succeeded":
+            summary = step_summary(mine)
+            seconds = _seconds_since(status.get("stepStartTime"), now) if same_step else 0.0
+            _record(status, er, t, step, name, attempt, summary, ts, seconds)
+            done.add(key)
+            status["completed"] = [step_key(*k) for k in seq if step_key(*k) in done]
+            acts.finished_steps.append((step, seconds))
+            counts = summary.get("counts") or {}
+            msg = f"iteration {t} step {step} complete" + _brief(step, counts)
+            acts.events.append(Event("Normal", c.STEP_SUCCEEDED, msg))
+            if step == "evaluate":
+                acts.events.append(
+                    Event(
+                        "Normal",
+                        c.ITERATION_SUCCEEDED,
+                        f"iteration {t} complete" + _brief(step, counts),
+                    )
+                )
+            continue
+        if job.state == "failed":
+            why = failure_message(job, mine)
+            acts.failed_jobs.append((step, job.reason or "Failed"))
+            if attempt < rp.backoff_limit:
+                status["attempt"] = attempt + 1
+                status["retries"] = int(status.get("retries", 0)) + 1
+                msg = (
+                    f"iteration {t} step {step} failed (attempt {attempt + 1} of "
+                    f"{rp.backoff_limit + 1}), retrying: {why}"
+                )
+                acts.events.append(Event("Warning", c.STEP_RETRYING, msg))
+                # The next attempt starts in this same plan.
+                return _again(acts, run, status, jobs, pods, now, defaults)
+            fail(
+                acts,
+                c.BACKOFF_LIMIT_EXCEEDED,
+                f"iteration {t} step {step} failed {attempt + 1} times "
+                f"(runPolicy.backoffLimit {rp.backoff_limit}); last error: {why}",
+                ts,
+                generation,
+            )
+            return acts
+        # active: fail fast on pods that cannot start
+        stuck = _stuck_pod(mine, job, now, rp.pending_deadline_seconds)
+        if stuck is not None:
+            acts.delete.append(name)
+            acts.failed_jobs.append((step, c.POD_PENDING_TOO_LONG))
+            fail(acts, c.POD_PENDING_TOO_LONG, stuck, ts, generation)
+        return acts
+
+    # Every step complete.
+    status.update({"phase": c.SUCCEEDED, "completionTime": ts, "attempt": 0})
+    status.pop("job", None)
+    msg = f"{er.spec.iterations} iterations complete" + _brief(
+        "evaluate", {"reward_new": status.get("reward"), "win_rate": status.get("winRate")}
+    )
+    status["conditions"] = c.set_condition(
+        status["conditions"], c.COND_RUNNING, False, c.RUN_SUCCEEDED, msg, ts, generation
+    )
+    status["conditions"] = c.set_condition(
+        status["conditions"], c.COND_SUCCEEDED, True, c.RUN_SUCCEEDED, msg, ts, generation
+    )
+    acts.events.append(Event("Normal", c.RUN_SUCCEEDED, msg))
+    return acts
+
+
+def _again(
+    acts: Actions,
+    run: dict[str, Any],
+    status: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    now: datetime,
+    defaults: StepDefaults | None,
+) -> Actions:
+    """Plan once more from the updated status and merge the answers (a retry starts now)."""
+    nxt = plan({**run, "status": status}, jobs, pods, now, defaults)
+    nxt.events[:0] = acts.events
+    nxt.delete[:0] = acts.delete
+    nxt.create[:0] = acts.create
+    nxt.finished_steps[:0] = acts.finished_steps
+    nxt.failed_jobs[:0] = acts.failed_jobs
+    return nxt
+
+
+def _stuck_pod(
+    pods: list[PodView], job: JobView, now: datetime, deadline: int | None
+) -> str | None:
+    if deadline is None:
+        return None
+    for p in pods:
+        if p.phase != "Pending":
+            continue
+        since = parse_time(p.created) or parse_time(job.created)
+        if since is None or (now - since).total_seconds() <= deadline:
+            continue
+        why = p.waiting_reason or ("Unschedulable" if p.unschedulable else "Pending")
+        detail = p.waiting_message or p.unschedulable
+        return (
+            f"pod {p.name} of Job {job.name} Pending for more than {deadline} s "
+            f"(runPolicy.pendingDeadlineSeconds): {why}" + (f": {detail}" if detail else "")
+        )
+    return None
+
+
+def fail(acts: Actions, reason: str, message: str, ts: str, generation: int | None) -> None:
+    s = acts.status
+    s.update({"phase": c.FAILED, "reason": reason, "message": message, "completionTime": ts})
+    s["conditions"] = c.set_condition(
+        s.get("conditions") or [], c.COND_RUNNING, False, reason, message, ts, generation
+    )
+    s["conditions"] = c.set_condition(
+        s["conditions"], c.COND_FAILED, True, reason, message, ts, generation
+    )
+    acts.events.append(Event("Warning", reason, message))
+
+
+def _where(status: dict[str, Any]) -> str:
+    if status.get("step"):
+        return f"iteration {status.get('iteration', 0)} step {status['step']}"
+    return "the start"
+
+
+def _seconds_since(start: str | None, now: datetime) -> float:
+    t = parse_time(start)
+    return max(0.0, (now - t).total_seconds()) if t else 0.0
+
+
+def _brief(step: str, counts: dict[str, Any]) -> str:
+    if step == "evaluate" and counts.get("reward_new") is not None:
+        win = counts.get("win_rate")
+        return f": held-out reward {counts['reward_new']:.4f}" + (
+            f", win rate {win:.2f}" if isinstance(win, int | float) else ""
+        )
+    if step == "train" and counts.get("pairs") is not None:
+        return f": {counts['pairs']} pairs"
+    if step == "create" and counts.get("evolved") is not None:
+        return f": {counts['evolved']} evolved prompts"
+    if step == "prepare" and counts.get("prompts") is not None:
+        return f": {counts['prompts']} prompts, {counts.get('heldout', 0)} held out"
+    if step.startswith("generate") and counts.get("responses") is not None:
+        return f": {counts['responses']} responses"
+    return ""
+
+
+def _record(
+    status: dict[str, Any],
+    run: EvaRun,
+    t: int,
+    step: str,
+    job: str,
+    attempt: int,
+    summary: dict[str, Any],
+    ts: str,
+    seconds: float,
+) -> None:
+    """Fill the iteration's history entry from the step's summary."""
+    history: list[dict[str, Any]] = status["history"]
+    entry = next((h for h in history if h.get("iteration") == t), None)
+    if entry is None:
+        entry = {"iteration": t, "steps": {}}
+        history.append(entry)
+        history.sort(key=lambda h: h.get("iteration", 0))
+    entry["steps"][step] = {
+        "job": job,
+        "attempts": attempt + 1,
+        "completionTime": ts,
+        "seconds": round(seconds, 1),
+    }
+    counts = summary.get("counts") or {}
+    for src, dst in HISTORY_FIELDS.get(step, {}).items():
+        if counts.get(src) is not None:
+            entry[dst] = counts[src]
+    if step == "create":
+        entry["promptSet"] = f"{run_dir(run)}/iter-{t}/create/mixed.parquet"
+        digest = (summary.get("digests") or {}).get("mixed.parquet")
+        if digest:
+            entry["promptSetDigest"] = f"sha256:{digest}"
+    if step == "train":
+        entry["model"] = f"{run_dir(run)}/iter-{t}/train/model"
+    if summary.get("mlflowRunId"):
+        status["mlflowRunId"] = summary["mlflowRunId"]
+    if step == "evaluate":
+        if counts.get("reward_new") is not None:
+            status["reward"] = counts["reward_new"]
+        if counts.get("win_rate") is not None:
+            status["winRate"] = counts["win_rate"]
+
+
+def run_label_selector(name: str) -> str:
+    return f"{LABEL_RUN}={name}"

@@ -1,0 +1,277 @@
+"""The imperative shell around ``plan``: read the run, apply the plan, record what happened.
+
+Reconciliations of one run never overlap and never queue up: a poke while one is running
+marks the run dirty and the running loop goes round once more. Watch events poke (a Job
+finished, a pod changed, the spec changed); the plan's own deadlines poke on time; a slow
+resync timer is only a safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from eva_operator import conditions as c
+from eva_operator.jobs import StepDefaults
+from eva_operator.kube import Kube, KubeError, jobs_path, pods_path, run_path, with_retries
+from eva_operator.metrics import OperatorMetrics
+from eva_operator.plan import Actions, fail, observe_job, observe_pod, parse_time, plan, rfc3339
+
+log = logging.getLogger("eva_operator")
+
+# (namespace, run) -> the Jobs / Pods of that run, as kopf's indexes keep them.
+Lookup = Callable[[str, str], Iterable[dict[str, Any]]]
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``."""
+    patch: dict[str, Any] = {}
+    for k in old.keys() - new.keys():
+        patch[k] = None
+    for k, v in new.items():
+        if k not in old:
+            patch[k] = v
+        elif isinstance(v, dict) and isinstance(old[k], dict):
+            sub = merge_patch(old[k], v)
+            if sub:
+                patch[k] = sub
+        elif old[k] != v:
+            patch[k] = v
+    return patch
+
+
+@dataclass
+class _RunState:
+    dirty: bool = False
+    task: asyncio.Task | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    defaults: StepDefaults
+    metrics: OperatorMetrics
+    jobs_of: Lookup = lambda ns, name: ()
+    pods_of: Lookup = lambda ns, name: ()
+    mlflow_uri: str | None = None
+    _runs: dict[tuple[str, str], _RunState] = field(default_factory=dict)
+    _closing: bool = False
+
+    # ------------------------------------------------------------------ scheduling
+
+    def poke(self, namespace: str, name: str) -> None:
+        """Reconcile this run soon (coalesced with any reconciliation under way)."""
+        if self._closing:
+            return
+        st = self._runs.setdefault((namespace, name), _RunState())
+        st.dirty = True
+        if st.task is None or st.task.done():
+            st.task = asyncio.get_running_loop().create_task(
+                self._loop(namespace, name, st), name=f"reconcile {namespace}/{name}"
+            )
+
+    def poke_later(self, namespace: str, name: str, delay: float) -> None:
+        st = self._runs.setdefault((namespace, name), _RunState())
+        if st.timer is not None:
+            st.timer.cancel()
+        st.timer = asyncio.get_running_loop().call_later(
+            max(0.05, delay), self.poke, namespace, name
+        )
+
+    def forget(self, namespace: str, name: str) -> None:
+        st = self._runs.pop((namespace, name), None)
+        if st is not None:
+            if st.timer is not None:
+                st.timer.cancel()
+            if st.task is not None and st.task is not asyncio.current_task():
+                st.task.cancel()
+        self.metrics.forget_run(namespace, name)
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks = []
+        for st in self._runs.values():
+            if st.timer is not None:
+                st.timer.cancel()
+            if st.task is not None and not st.task.done():
+                st.task.cancel()
+                tasks.append(st.task)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self, namespace: str, name: str, st: _RunState) -> None:
+        backoff = 0.5
+        while st.dirty and not self._closing:
+            st.dirty = False
+            started = time.perf_counter()
+            try:
+                await self.reconcile(namespace, name)
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the API or the network: try again shortly
+                self.metrics.reconcile_errors.inc()
+                log.warning(
+                    "reconcile %s/%s failed, retrying in %.1fs: %s", namespace, name, backoff, exc
+                )
+                self.poke_later(namespace, name, backoff)
+                backoff = min(backoff * 2, 30.0)
+            finally:
+                self.metrics.reconcile.observe(time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ one reconciliation
+
+    async def reconcile(self, namespace: str, name: str) -> Actions | None:
+        try:
+            run = await with_retries(lambda: self.kube.get(run_path(namespace, name)))
+        except KubeError as exc:
+            if exc.status == 404:
+                self.forget(namespace, name)
+                return None
+            raise
+        jobs = [dict(j) for j in self.jobs_of(namespace, name)]
+        pods = [dict(p) for p in self.pods_of(namespace, name)]
+        pods = await self._with_finished_pods(namespace, run, jobs, pods)
+        now = datetime.now(UTC)
+        old_status = run.get("status") or {}
+        acts = plan(run, jobs, pods, now, self.defaults)
+
+        for job in acts.delete:
+            await with_retries(lambda job=job: self.kube.delete(jobs_path(namespace, job)))
+        for manifest in acts.create:
+            await self._create_job(namespace, manifest, acts)
+        if acts.changed(old_status):
+            patch = merge_patch(old_status, acts.status)
+            await with_retries(
+                lambda: self.kube.merge_patch(
+                    run_path(namespace, name, "status"), {"status": patch}
+                )
+            )
+        for ev in acts.events:
+            try:
+                await self.kube.post_event(run, ev.type, ev.reason, ev.message)
+            except (TimeoutError, KubeError, aiohttp.ClientError) as exc:
+                log.info("event %s for %s/%s not posted: %s", ev.reason, namespace, name, exc)
+        for step, seconds in acts.finished_steps:
+            self.metrics.step_duration.labels(step).observe(seconds)
+        for step, reason in acts.failed_jobs:
+            self.metrics.jobs_failed.labels(step, reason).inc()
+        self.metrics.observe_run(namespace, name, acts.status)
+        phase = acts.status.get("phase")
+        if phase in c.TERMINAL and old_status.get("phase") != phase:
+            await self.end_tracking(
+                run, acts.status, "FINISHED" if phase == c.SUCCEEDED else "FAILED"
+            )
+        wake = _next_deadline(run, acts, jobs, pods, now)
+        if wake is not None:
+            self.poke_later(namespace, name, wake)
+        return acts
+
+    async def _create_job(self, namespace: str, manifest: dict[str, Any], acts: Actions) -> None:
+        step = manifest["metadata"]["labels"]["eva.dev/step"]
+        try:
+            await with_retries(lambda: self.kube.create(jobs_path(namespace), manifest))
+        except KubeError as exc:
+            if exc.status == 409:  # created by an earlier reconciliation or operator instance
+                return
+            if exc.status in (400, 403, 422):
+                fail(
+                    acts,
+                    c.JOB_REJECTED,
+                    f"the API server refused Job {manifest['metadata']['name']}: {exc}",
+                    rfc3339(datetime.now(UTC)),
+                    None,
+                )
+                return
+            raise
+        self.metrics.jobs_created.labels(step).inc()
+
+    async def _with_finished_pods(
+        self,
+        namespace: str,
+        run: dict[str, Any],
+        jobs: list[dict[str, Any]],
+        pods: list[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """Make sure the current Job's termination messages are in hand once it has finished.
+
+        The pod watch may lag the Job watch by a moment; the API has the pods already.
+        """
+        current = (run.get("status") or {}).get("job")
+        if not current:
+            return pods
+        job = next((j for j in jobs if (j.get("metadata") or {}).get("name") == current), None)
+        if job is None or observe_job(job).state not in ("succeeded", "failed"):
+            return pods
+        mine = [p for p in pods if observe_pod(p).job == current]
+        if any(observe_pod(p).termination_message for p in mine):
+            return pods
+        listed = await with_retries(
+            lambda: self.kube.list(pods_path(namespace), f"batch.kubernetes.io/job-name={current}")
+        )
+        fresh = [p for p in listed if observe_pod(p).job == current]
+        return [p for p in pods if observe_pod(p).job != current] + fresh
+
+    # ------------------------------------------------------------------ MLflow
+
+    async def end_tracking(self, run: dict[str, Any], status: dict[str, Any], state: str) -> None:
+        """End the run's MLflow parent run (FINISHED, FAILED or KILLED); never blocks for long."""
+        run_id = status.get("mlflowRunId")
+        spec = run.get("spec") or {}
+        uri = ((spec.get("tracking") or {}).get("mlflow") or {}).get(
+            "trackingUri"
+        ) or self.mlflow_uri
+        if not run_id or not uri or not uri.startswith(("http://", "https://")):
+            return
+        body = {"run_id": run_id, "status": state, "end_time": int(time.time() * 1000)}
+        try:
+            url = f"{uri.rstrip('/')}/api/2.0/mlflow/runs/update"
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with aiohttp.ClientSession(timeout=timeout) as s, s.post(url, json=body) as r:
+                if r.status >= 400:
+                    raise aiohttp.ClientResponseError(
+                        r.request_info, (), status=r.status, message=await r.text()
+                    )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            meta = run.get("metadata") or {}
+            log.warning(
+                "MLflow run %s of %s/%s not ended: %s",
+                run_id,
+                meta.get("namespace"),
+                meta.get("name"),
+                exc,
+            )
+
+
+def _next_deadline(
+    run: dict[str, Any],
+    acts: Actions,
+    jobs: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    now: datetime,
+) -> float | None:
+    """Seconds until the plan's answer could change with time alone (a deadline)."""
+    status = acts.status
+    if status.get("phase") not in (c.RUNNING, c.PENDING):
+        return None
+    policy = (run.get("spec") or {}).get("runPolicy") or {}
+    waits: list[float] = []
+    active = policy.get("activeDeadlineSeconds")
+    started = parse_time(status.get("startTime"))
+    if active and started:
+        waits.append(active - (now - started).total_seconds() + 0.5)
+    pending = policy.get("pendingDeadlineSeconds", 600)
+    if pending:
+        for p in map(observe_pod, pods):
+            if p.phase == "Pending" and p.job == status.get("job"):
+                since = parse_time(p.created)
+                if since is not None:
+                    waits.append(pending - (now - since).total_seconds() + 0.5)
+    return min(waits) if waits else None
