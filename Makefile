@@ -47,8 +47,8 @@ test: $(VENV)/.stamp-dev system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.stamp-dev
-	$(VENV)/bin/ruff check eva_runtime tests benchmarks
-	$(VENV)/bin/ruff format --check eva_runtime tests benchmarks
+	$(VENV)/bin/ruff check eva_runtime operator tests benchmarks
+	$(VENV)/bin/ruff format --check eva_runtime operator tests benchmarks
 
 bench: $(VENV)/.stamp-base
 	$(PY) benchmarks/creator_bench.py

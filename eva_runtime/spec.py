@@ -458,6 +458,20 @@ class RunPolicy(_Model):
     )
 
 
+# Variables the operator sets in every step pod (an endpoint's apiKeyEnv may not reuse them).
+STEP_ENV = frozenset(
+    {
+        "HOME",
+        "XDG_CACHE_HOME",
+        "HF_HOME",
+        "TRITON_CACHE_DIR",
+        "MLFLOW_TRACKING_URI",
+        "JOB_COMPLETION_INDEX",
+        "PATH",
+    }
+)
+
+
 class EvaRunSpec(_Model):
     iterations: int = Field(default=3, ge=1, le=1000)
     seed: int = Field(default=42, ge=0)
@@ -477,6 +491,12 @@ class EvaRunSpec(_Model):
     @model_validator(mode="after")
     def _one_secret_per_env(self) -> EvaRunSpec:
         seen: dict[str, tuple[str, SecretKeyRef]] = {}
+        reserved = STEP_ENV | {
+            "HF_TOKEN",
+            "MLFLOW_TRACKING_TOKEN",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+        }
         for where, ep in (
             ("generation.endpoint", self.generation.endpoint),
             ("creator.evolve.evolver.endpoint", self.creator.evolve.evolver.endpoint),
@@ -484,6 +504,11 @@ class EvaRunSpec(_Model):
         ):
             if ep is None or ep.api_key_secret is None or ep.api_key_env is None:
                 continue
+            if ep.api_key_env in reserved or ep.api_key_env.startswith("EVA_"):
+                raise ValueError(
+                    f"{where}.apiKeyEnv: {ep.api_key_env} is set by the operator in step pods; "
+                    "choose another name (e.g. OPENAI_API_KEY)"
+                )
             prior = seen.get(ep.api_key_env)
             if prior is not None and prior[1] != ep.api_key_secret:
                 raise ValueError(

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -188,14 +189,16 @@ async def wait_for(
 
 
 class Operator:
-    """The real operator (eva_operator.handlers) in this process and event loop."""
+    """The real operator (eva_operator.handlers) in its own thread and event loop, as it
+    would run in its own pod: stopping it touches nothing of the test's loop."""
 
     def __init__(self, kubeconfig: Path, **env: str):
         self.kubeconfig = kubeconfig
         self.env = env
-        self.task: asyncio.Task | None = None
-        self.stop_flag: asyncio.Event | None = None
+        self.thread: threading.Thread | None = None
+        self.stop_flag = threading.Event()
         self.metrics: Any = None
+        self.error: BaseException | None = None
 
     async def start(self) -> None:
         import kopf
@@ -216,30 +219,35 @@ class Operator:
                 else:
                     os.environ[k] = v
         self.metrics = OperatorMetrics()
-        self.stop_flag = asyncio.Event()
-        ready = asyncio.Event()
-        self.task = asyncio.create_task(
-            kopf.operator(
-                clusterwide=True,
-                standalone=True,
-                registry=registry(config),
-                stop_flag=self.stop_flag,
-                ready_flag=ready,
-                memo=kopf.Memo(config=config, metrics=self.metrics),
-            )
-        )
-        await asyncio.wait_for(ready.wait(), 30)
+        ready = threading.Event()
+
+        def main() -> None:
+            try:
+                asyncio.run(
+                    kopf.operator(
+                        clusterwide=True,
+                        standalone=True,
+                        registry=registry(config),
+                        stop_flag=self.stop_flag,
+                        ready_flag=ready,
+                        memo=kopf.Memo(config=config, metrics=self.metrics),
+                    )
+                )
+            except BaseException as exc:  # surfaced by stop()
+                self.error = exc
+
+        self.thread = threading.Thread(target=main, name="eva-operator", daemon=True)
+        self.thread.start()
+        await asyncio.to_thread(ready.wait, 30)
 
     async def stop(self) -> None:
-        if self.task is None:
+        if self.thread is None:
             return
-        assert self.stop_flag is not None
         self.stop_flag.set()
-        try:
-            await asyncio.wait_for(self.task, 30)
-        except (asyncio.CancelledError, TimeoutError):
-            self.task.cancel()
-        self.task = None
+        await asyncio.to_thread(self.thread.join, 30)
+        self.thread = None
+        if self.error is not None:
+            raise self.error
 
 
 # --------------------------------------------------------------------------- the Job controller

@@ -37,6 +37,7 @@ JOB_REJECTED = "JobRejected"  # the API server refused a step Job (e.g. a bad af
 SUSPENDED_REASON = "Suspended"  # runPolicy.suspend was set
 RESUMED = "Resumed"  # runPolicy.suspend was cleared; the run continues at the same step
 RUN_SUCCEEDED = "RunSucceeded"  # every iteration complete
+CONTINUED = "Continued"  # spec.iterations grew after the run had succeeded
 ITERATION_SUCCEEDED = "IterationSucceeded"  # an iteration's evaluation finished
 
 

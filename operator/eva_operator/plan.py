@@ -346,26 +346,18 @@ def plan(
                 active_deadline_seconds=None if remaining is None else int(remaining) + 1,
             )
             acts.create.append(manifest)
-            new_step = status.get("job") != name
-            status.update(
-                {"phase": c.RUNNING, "iteration": t, "step": step, "attempt": attempt, "job": name}
-            )
-            if new_step:
-                status["stepStartTime"] = ts
-                msg = f"iteration {t} step {step}: Job {name}" + (
-                    f" (attempt {attempt + 1})" if attempt else ""
-                )
-                status["conditions"] = c.set_condition(
-                    status["conditions"], c.COND_RUNNING, True, c.STEP_STARTED, msg, ts, generation
-                )
-                acts.events.append(Event("Normal", c.STEP_STARTED, msg))
+            if status.get("job") != name:
+                _start_step(acts, t, step, attempt, name, ts, ts, generation)
             return acts
+        if status.get("job") != name:
+            # The Job exists but the status never said so (a status write was lost).
+            _start_step(acts, t, step, attempt, name, job.created or ts, ts, generation)
         if job.state == "deleting":
             return acts  # a suspended or replaced Job is still going away; wait for it
         mine = [p for p in pod_views if p.job == name]
         if job.state == "succeeded":
             summary = step_summary(mine)
-            seconds = _seconds_since(status.get("stepStartTime"), now) if same_step else 0.0
+            seconds = _seconds_since(status.get("stepStartTime"), now)
             _record(status, er, t, step, name, attempt, summary, ts, seconds)
             done.add(key)
             status["completed"] = [step_key(*k) for k in seq if step_key(*k) in done]
@@ -426,6 +418,42 @@ def plan(
     )
     acts.events.append(Event("Normal", c.RUN_SUCCEEDED, msg))
     return acts
+
+
+def _start_step(
+    acts: Actions,
+    t: int,
+    step: str,
+    attempt: int,
+    name: str,
+    started: str,
+    ts: str,
+    generation: int | None,
+) -> None:
+    status = acts.status
+    if status.get("phase") == c.SUCCEEDED:  # more iterations were asked for: not done after all
+        msg = f"continuing with iteration {t}"
+        status["conditions"] = c.set_condition(
+            status["conditions"], c.COND_SUCCEEDED, False, c.CONTINUED, msg, ts, generation
+        )
+        status.pop("completionTime", None)
+    status.update(
+        {
+            "phase": c.RUNNING,
+            "iteration": t,
+            "step": step,
+            "attempt": attempt,
+            "job": name,
+            "stepStartTime": started,
+        }
+    )
+    msg = f"iteration {t} step {step}: Job {name}" + (
+        f" (attempt {attempt + 1})" if attempt else ""
+    )
+    status["conditions"] = c.set_condition(
+        status["conditions"], c.COND_RUNNING, True, c.STEP_STARTED, msg, ts, generation
+    )
+    acts.events.append(Event("Normal", c.STEP_STARTED, msg))
 
 
 def _again(

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tiny_run import tiny_manifest
 
 from eva_runtime.artifacts import RunDir
 from eva_runtime.runner import run_all
 from eva_runtime.spec import load_run
+from tiny_run import tiny_manifest
 
 pytestmark = pytest.mark.timeout(300)
 

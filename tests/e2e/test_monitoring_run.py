@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from prom_tools import (
     free_port,
     launch_prometheus,

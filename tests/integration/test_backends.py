@@ -14,8 +14,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from tiny_model import build_tiny_classifier, build_tiny_model
-
 from eva_runtime.backends import (
     JUDGE_FALLBACK_SCORE,
     Completion,
@@ -28,6 +26,7 @@ from eva_runtime.backends import (
     make_reward_model,
     parse_rating,
 )
+from tiny_model import build_tiny_classifier, build_tiny_model
 
 PROMPTS = [
     "Write a short poem about the sea and the wind.",

@@ -18,6 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from eva_runtime import metrics as m
+from eva_runtime.metrics import (
+    BASE_LABELS,
+    NullMetrics,
+    StepMetrics,
+    activate,
+    current,
+    delete_run_groups,
+)
 from prom_tools import (
     Server,
     free_port,
@@ -29,16 +39,6 @@ from prom_tools import (
     series,
     wait_scraping,
     wait_until,
-)
-
-from eva_runtime import metrics as m
-from eva_runtime.metrics import (
-    BASE_LABELS,
-    NullMetrics,
-    StepMetrics,
-    activate,
-    current,
-    delete_run_groups,
 )
 
 EXPECTED_NAMES = {

@@ -24,8 +24,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from tiny_model import build_tiny_model
-
 from eva_runtime.backends import (
     BackendError,
     Completion,
@@ -33,6 +31,7 @@ from eva_runtime.backends import (
     make_generator,
 )
 from eva_runtime.backends.openai_generator import OpenAIGenerator
+from tiny_model import build_tiny_model
 
 STARTUP_TIMEOUT_S = 60
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_run import tiny_manifest as shared_manifest
 
 from eva_runtime.report import write_compare, write_report
 from eva_runtime.runner import run_all
 from eva_runtime.spec import load_run
+from tiny_run import tiny_manifest as shared_manifest
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -4,29 +4,27 @@ tracking.json, and that an unreachable server loses nothing."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from tiny_run import tiny_manifest
 
 from eva_runtime.artifacts import STEPS
 from eva_runtime.runner import run_all
 from eva_runtime.spec import EvaRun, load_run
 from eva_runtime.tracking import Tracker, TrackingUnavailable, tracking_uri
+from mlflow_tools import Server, free_port, launch_mlflow
+from tiny_run import tiny_manifest
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,77 +42,10 @@ def _quiet_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-    artifacts: Path
-
-    def wait_ready(self, timeout: float = 90.0) -> str:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited:\n{self.log.read_text()[-3000:]}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp,
-            ):
-                if resp.status == 200:
-                    return self.url
-            time.sleep(0.5)
-        pytest.fail(f"mlflow server not ready in {timeout:.0f}s:\n{self.log.read_text()[-3000:]}")
-
-    def posts(self) -> int:
-        """Write requests the server has answered (its access log), to prove a no-op."""
-        return sum('"POST /api/' in line for line in self.log.read_text().splitlines())
-
-
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_cli)] if mlflow_cli.exists() else [sys.executable, "-m", "mlflow"]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    log = root / "server.log"
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [
-                *cmd,
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{root}/mlflow.db",
-                "--default-artifact-root",
-                str(root / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    server = Server(proc, f"http://127.0.0.1:{port}", log, root / "artifacts")
-    yield server
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with launch_mlflow(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server
 
 
 def _manifest(tmp: Path, model: Path) -> Path:
@@ -465,7 +396,7 @@ def test_an_unreachable_server_loses_nothing(
 
     run = _renamed(eva_run.run, "tiny-offline")
     rd = _copy_run(eva_run.run_dir, tmp_path / "default" / "tiny")
-    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
     t0 = time.time()
     with pytest.raises(TrackingUnavailable) as err:

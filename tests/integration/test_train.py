@@ -19,8 +19,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from tiny_model import build_tiny_model
-
 from eva_runtime.solver import train as train_mod
 from eva_runtime.solver.train import (
     LoraSettings,
@@ -28,6 +26,7 @@ from eva_runtime.solver.train import (
     TrainSettings,
     train_policy,
 )
+from tiny_model import build_tiny_model
 
 CHOSEN = "Paris is the capital of France."
 REJECTED = "The quick brown fox jumps over the lazy dog 0123456789."

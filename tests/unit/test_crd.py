@@ -8,11 +8,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from pydantic import BaseModel, ConfigDict
-from schema_check import apply_defaults, validate
 
 from eva_runtime.cli import main
 from eva_runtime.crd import CRDError, _assert_structural, _schema_for, crd, crd_yaml
 from eva_runtime.spec import SpecError, parse_run
+from schema_check import apply_defaults, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILES = [

@@ -1,0 +1,171 @@
+"""Admission (operator/eva_operator/admission.py): which EvaRuns and which changes are accepted."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from eva_operator.admission import review
+from eva_operator.jobs import StepDefaults
+from eva_runtime.cli import main
+from eva_runtime.spec import SpecError, parse_run
+
+
+def body(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    s: dict[str, Any] = {
+        "policy": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "rewardModel": {"type": "python", "function": "eva_runtime.rewards:length_target"},
+        "prompts": {"source": "/data/prompts.jsonl"},
+        "storage": {"claimName": "eva-artifacts"},
+        "iterations": 3,
+    }
+    s.update(spec)
+    # What the API server sends: metadata with server fields besides name and namespace.
+    meta = {"name": "demo", "namespace": "team-a", "uid": "u-1", "resourceVersion": "41"}
+    out = {"apiVersion": "eva.dev/v1alpha1", "kind": "EvaRun", "metadata": meta, "spec": s}
+    return out if status is None else out | {"status": status}
+
+
+RUNNING = {"phase": "Running", "iteration": 1, "step": "train"}
+
+
+def changed(old: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    new = copy.deepcopy(old)
+    new.pop("status", None)
+    node = new["spec"]
+    *parents, leaf = path.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+    return new
+
+
+def test_a_valid_create_is_admitted() -> None:
+    assert review("CREATE", body(), None) == []
+    assert review("CREATE", body(), None, StepDefaults()) == []
+
+
+INVALID = [
+    {"iterations": 0},
+    {"generation": {"shards": 0, "temprature": 1.0}},
+    {"rewardModel": {"type": "armo", "model": "x/y"}},
+    {"creator": {"sampleFraction": 1.5}},
+    {"resources": {"train": {"memory": "lots"}}},
+]
+
+
+@pytest.mark.parametrize("spec", INVALID)
+def test_an_invalid_spec_is_refused_with_the_messages_of_eva_validate(
+    spec: dict[str, Any], tmp_path: Any
+) -> None:
+    b = body(**spec)
+    with pytest.raises(SpecError) as exc:
+        parse_run(
+            {k: b[k] for k in ("apiVersion", "kind", "spec")} | {"metadata": {"name": "demo"}}
+        )
+    problems = review("CREATE", b, None)
+    assert problems == exc.value.errors
+    assert problems and all(p.startswith("spec.") for p in problems)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(b), encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1
+    for p in problems:
+        assert f"  {p}" in result.output
+
+
+def test_invalid_metadata_and_kind_are_refused() -> None:
+    b = body()
+    b["metadata"]["name"] = "Not_A_Label"
+    b["kind"] = "Job"
+    problems = review("CREATE", b, None)
+    assert any(p.startswith("kind: must be EvaRun") for p in problems)
+    assert any(p.startswith("metadata.name: must be a DNS label") for p in problems)
+
+
+def test_a_missing_claim_is_refused_unless_the_operator_has_a_default() -> None:
+    b = body()
+    del b["spec"]["storage"]
+    problems = review("CREATE", b, None)
+    assert len(problems) == 1
+    assert problems[0].startswith("spec.storage.claimName: required")
+    assert review("CREATE", b, None, StepDefaults()) == problems
+    assert review("CREATE", b, None, StepDefaults(claim_name="ops-claim")) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("solver.beta", 0.1),
+        ("policy.model", "other/model"),
+        ("generation.shards", 4),
+        ("creator.enabled", False),
+        ("prompts.source", "/data/other.jsonl"),
+        ("storage.claimName", "elsewhere"),
+        ("seed", 7),
+    ],
+)
+def test_changing_a_fixed_field_of_a_started_run_is_refused(path: str, value: Any) -> None:
+    old = body(RUNNING)
+    problems = review("UPDATE", changed(old, path, value), old)
+    full = "spec." + path
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{full}: cannot change while the run exists")
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("iterations", 5),
+        ("runPolicy.suspend", True),
+        ("runPolicy.backoffLimit", 5),
+        ("resources.train", {"gpus": 8, "memory": "200Gi"}),
+        ("resources.image", "registry.local/eva:2"),
+        ("resources.queueName", "big"),
+        ("credentials.hubToken", {"name": "hf", "key": "token"}),
+    ],
+)
+def test_changing_a_mutable_field_of_a_started_run_is_admitted(path: str, value: Any) -> None:
+    old = body(RUNNING)
+    assert review("UPDATE", changed(old, path, value), old) == []
+
+
+def test_iterations_cannot_drop_to_or_below_the_reached_iteration() -> None:
+    old = body({"phase": "Running", "iteration": 2, "step": "generate"})
+    for n in (1, 2):
+        problems = review("UPDATE", changed(old, "iterations", n), old)
+        assert len(problems) == 1
+        assert problems[0].startswith(f"spec.iterations: {n} is not past the iteration")
+        assert "at least 3" in problems[0]
+    assert review("UPDATE", changed(old, "iterations", 3), old) == []
+    done = body({"phase": "Succeeded", "iteration": 2, "step": "evaluate"})
+    assert review("UPDATE", changed(done, "iterations", 6), done) == []
+
+
+def test_a_run_that_has_not_started_may_change_anything() -> None:
+    old = body()
+    new = changed(changed(old, "solver.beta", 0.2), "policy.model", "other/model")
+    new = changed(new, "iterations", 1)
+    assert review("UPDATE", new, old) == []
+    assert review("UPDATE", new, body({})) == []
+
+
+def test_a_fixed_field_change_and_an_invalid_value_are_both_reported() -> None:
+    old = body(RUNNING)
+    new = changed(changed(old, "solver.beta", 0.3), "generation.temperature", 0.1)
+    problems = review("UPDATE", new, old)
+    assert [p.split(":")[0] for p in problems] == [
+        "spec.generation.temperature",
+        "spec.solver.beta",
+    ]
+    bad = changed(old, "solver.beta", -1)
+    assert review("UPDATE", bad, old) == ["spec.solver.beta: must be greater than 0"]
+
+
+def test_delete_and_connect_are_always_admitted() -> None:
+    assert review("DELETE", {}, body(RUNNING)) == []
+    assert review("CONNECT", body(), None) == []
