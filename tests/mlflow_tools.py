@@ -52,6 +52,7 @@ class Server:
 @contextlib.contextmanager
 def launch_mlflow(root: Path) -> Iterator[Server]:
     """Start the server (call ``wait_ready`` before use); stopped on exit."""
+    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_cli)] if mlflow_cli.exists() else [sys.executable, "-m", "mlflow"]

@@ -59,6 +59,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = "eva.dev/cleanup"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # Resources and namespaces are discovered once at start, not watched: the operator needs
+    # no permission on namespaces or CRDs (least privilege, namespaced installs included).
+    settings.scanning.disabled = True
     if cfg.webhook_mode == "insecure":
         settings.admission.server = kopf.WebhookServer(
             addr="127.0.0.1", port=cfg.webhook_port, insecure=True

@@ -140,3 +140,16 @@ def test_spec_and_library_core_import_without_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_operator_imports_no_ml_library_nor_pandas() -> None:
+    """The operator image has none of them: eva_operator must not pull them in."""
+    code = (
+        "import sys, eva_operator.main, eva_operator.handlers, eva_operator.plan, "
+        "eva_operator.jobs, eva_operator.admission, eva_runtime.spec, eva_runtime.crd\n"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'vllm', 'mlflow', 'pandas', "
+        "'numpy', 'pyarrow') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
