@@ -30,6 +30,7 @@ import ctypes
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -372,6 +373,20 @@ async def stop_operator(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
+def proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process, from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def proc_kib(pid: int, field_name: str) -> int | None:
     """A VmRSS / VmHWM line of /proc/<pid>/status, in KiB."""
     try:
@@ -551,7 +566,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             # Scale: every run at once.
             m0 = metric_samples(await scrape(metrics_port))
             names = [f"run-{i:04d}" for i in range(args.runs)]
+            cpu_op, cpu_self = proc_cpu_s(proc.pid), self_cpu_s()
             wall, finished = await run_batch(api, probe, names, args.creator, args.timeout)
+            if cpu_op is not None:
+                out["operator_cpu_s"] = (proc_cpu_s(proc.pid) or cpu_op) - cpu_op
+            out["emulator_cpu_s"] = self_cpu_s() - cpu_self
             await asyncio.sleep(1.0)  # the last events and status writes land
             m1 = metric_samples(await scrape(metrics_port))
             mine = set(names)
@@ -640,6 +659,8 @@ def report(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         (f"{r['runs']} runs: all Succeeded", f"{r['succeeded']}/{r['runs']}", "all",
          verdict(r["succeeded"] == r["runs"])),
         (f"{r['runs']} runs: wall time", _fmt(r["wall_s"], " s"), "", ""),
+        ("  CPU: operator / emulator + Job controller",
+         f"{_fmt(r.get('operator_cpu_s'), ' s')} / {_fmt(r.get('emulator_cpu_s'), ' s')}", "", ""),
         (f"{r['runs']} runs: Jobs created (distinct)",
          f"{r['jobs_created']} ({r['jobs_distinct']})", f"= {r['jobs_expected']}",
          verdict(jobs_ok)),

@@ -49,11 +49,13 @@ class OperatorConfig:
     webhook_port: int = 9443
     # cert-manager mode: folder with tls.crt and tls.key.     EVA_WEBHOOK_CERT_DIR
     webhook_cert_dir: str = "/certs"
-    # self-managed mode: the Service DNS name that the API server calls, and the name of
-    # the ValidatingWebhookConfiguration kopf keeps up to date.
-    #                                          EVA_WEBHOOK_HOST, EVA_WEBHOOK_CONFIGURATION
-    webhook_host: str | None = None
-    webhook_configuration: str = "eva.dev"
+    # self-managed mode: the Service (name, namespace; port 443) that the API server calls,
+    # and the ValidatingWebhookConfiguration kopf keeps up to date (with its own CA).
+    #            EVA_WEBHOOK_SERVICE, EVA_WEBHOOK_NAMESPACE (default: POD_NAMESPACE),
+    #            EVA_WEBHOOK_CONFIGURATION
+    webhook_service: str = "eva-operator-webhook"
+    webhook_namespace: str = "default"
+    webhook_configuration: str = "eva-operator.eva.dev"
     # Defaults for step pods (an EvaRun's own values win):
     #   EVA_STEP_IMAGE, EVA_STEP_IMAGE_PULL_POLICY, EVA_STEP_IMAGE_PULL_SECRETS (a,b),
     #   EVA_STEP_SERVICE_ACCOUNT, EVA_ARTIFACT_CLAIM, EVA_STEP_NODE_SELECTOR (JSON),
@@ -90,7 +92,8 @@ class OperatorConfig:
             webhook_mode=mode,
             webhook_port=int(os.environ.get("EVA_WEBHOOK_PORT", "9443")),
             webhook_cert_dir=os.environ.get("EVA_WEBHOOK_CERT_DIR", "/certs"),
-            webhook_host=_opt("EVA_WEBHOOK_HOST"),
-            webhook_configuration=_opt("EVA_WEBHOOK_CONFIGURATION") or "eva.dev",
+            webhook_service=_opt("EVA_WEBHOOK_SERVICE") or "eva-operator-webhook",
+            webhook_namespace=_opt("EVA_WEBHOOK_NAMESPACE") or _opt("POD_NAMESPACE") or "default",
+            webhook_configuration=_opt("EVA_WEBHOOK_CONFIGURATION") or "eva-operator.eva.dev",
             steps=steps,
         )

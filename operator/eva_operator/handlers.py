@@ -21,6 +21,7 @@ from eva_operator.jobs import LABEL_RUN
 from eva_operator.kube import Kube, jobs_path
 from eva_operator.metrics import OperatorMetrics
 from eva_operator.reconciler import Reconciler
+from eva_operator.webhook import ServiceWebhookServer
 
 log = logging.getLogger("eva_operator")
 
@@ -75,8 +76,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             pkeyfile=str(cert / "tls.key"),
         )
     elif cfg.webhook_mode == "self-managed":
-        settings.admission.server = kopf.WebhookServer(
-            addr="0.0.0.0", port=cfg.webhook_port, host=cfg.webhook_host
+        settings.admission.server = ServiceWebhookServer(
+            addr="0.0.0.0",
+            port=cfg.webhook_port,
+            service=cfg.webhook_service,
+            namespace=cfg.webhook_namespace,
         )
         settings.admission.managed = cfg.webhook_configuration
 
