@@ -46,17 +46,18 @@ from typing import Any
 import aiohttp
 import kmock
 
+# The tests' KMock harness (emulator, kubeconfig, API client) is reused, not copied.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from operator_harness import (  # noqa: E402  (the tests folder, put on the path just above)
+from eva_operator.metrics import RECONCILE_BUCKETS
+from eva_runtime.spec import steps_for
+from operator_harness import (
     Api,
     Cluster,
     declare_resources,
     now_rfc3339,
     write_kubeconfig,
 )
-
-from eva_runtime.spec import steps_for  # noqa: E402
 
 NAMESPACE = "default"
 CLAIM = "bench"
@@ -107,8 +108,8 @@ class Probe:
     conflicts: Counter = field(default_factory=Counter)  # Job name -> CREATEs refused (409)
     job_run: dict[str, tuple[str, str]] = field(default_factory=dict)  # Job -> (run, step)
     completed: dict[str, tuple[float, str]] = field(default_factory=dict)  # run -> (t, step)
-    # (milliseconds, run, from step, to step)
-    samples: list[tuple[float, str, str, str]] = field(default_factory=list)
+    # (milliseconds, run, from step, to step, arrival of the next Job)
+    samples: list[tuple[float, str, str, str, float]] = field(default_factory=list)
     phases: dict[str, str] = field(default_factory=dict)
     finished: dict[str, float] = field(default_factory=dict)
     expected: set[str] = field(default_factory=set)
@@ -127,7 +128,7 @@ class Probe:
         before = self.completed.pop(run, None)
         if before is not None:
             t, prev = before
-            self.samples.append(((arrived - t) * 1000.0, run, prev, step))
+            self.samples.append(((arrived - t) * 1000.0, run, prev, step, arrived))
         self.jobs.put_nowait(job)
 
     def job_completed(self, name: str, at: float) -> None:
@@ -149,6 +150,25 @@ def _is(resource: Any, group: str, plural: str) -> bool:
     return getattr(resource, "group", None) == group and getattr(resource, "plural", None) == plural
 
 
+def _selected(obj: dict[str, Any], terms: list[str]) -> bool:
+    """Equality-based label selector terms: k=v, k==v, k!=v, k, !k."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in terms:
+        if "!=" in term:
+            key, value = (x.strip() for x in term.split("!=", 1))
+            ok = labels.get(key) != value
+        elif "=" in term:
+            key, value = (x.strip() for x in term.replace("==", "=").split("=", 1))
+            ok = labels.get(key) == value
+        elif term.startswith("!"):
+            ok = term[1:].strip() not in labels
+        else:
+            ok = term in labels
+        if not ok:
+            return False
+    return True
+
+
 class BenchCluster(Cluster):
     """The harness's emulator, telling the probe about Jobs, completions and run phases.
 
@@ -156,9 +176,21 @@ class BenchCluster(Cluster):
     against that whole history, so its cost per request grows with the requests served:
     thousands of runs' worth would make the emulator, not the operator, the bottleneck.
     Here each request is forgotten once answered, so only the ones in flight are kept.
+    Likewise KMock finds the object of a GET, PATCH or POST by scanning every object; here
+    by its key. (Both lean on KMock's internals; were they renamed, only speed would suffer.)
+    And a LIST honours its labelSelector, as the API server does (KMock returns everything,
+    which would make the operator parse every pod of the namespace).
     """
 
     probe: Probe | None = None
+
+    def _KubernetesEmulator__get_objs(self, request: Any, strict: bool) -> list[Any]:
+        if strict and request.name is not None and request.resource is not None:
+            store = getattr(self.objects, "_objects", None)
+            if isinstance(store, dict):
+                obj = store.get((request.resource, request.namespace, request.name))
+                return [] if obj is None else [obj]
+        return super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
 
     async def _handle(self, request: Any) -> Any:
         try:
@@ -169,6 +201,14 @@ class BenchCluster(Cluster):
                 if reqs[i] is request:
                     del reqs[i]
                     break
+
+    async def _serve_list(self, request: Any) -> Any:
+        listing = await super()._serve_list(request)
+        selector = (request.params or {}).get("labelSelector")
+        if selector and isinstance(listing, dict):
+            terms = [t.strip() for t in selector.split(",") if t.strip()]
+            listing["items"] = [o for o in listing["items"] if _selected(o, terms)]
+        return listing
 
     async def _observe(self, request: Any) -> Any:
         probe, res = self.probe, request.resource
@@ -430,7 +470,9 @@ def metric_total(samples: dict, name: str) -> float:
 
 
 def histogram_quantile(q: float, before: dict, after: dict, name: str) -> float | None:
-    """Prometheus's histogram_quantile over the observations between two scrapes."""
+    """Prometheus's histogram_quantile over the observations between two scrapes.
+
+    Past the largest finite bucket it answers that bucket's bound (a lower bound, then)."""
     buckets = []
     for (n, labels), v in after.items():
         if n == name + "_bucket":
@@ -543,7 +585,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             deadline = time.monotonic() + 60
             while not {"evaruns", "jobs", "pods"} <= probe.watches:
                 if proc.returncode is not None:
-                    raise RuntimeError(f"eva-operator exited with {proc.returncode}; see {log_path}")
+                    code = proc.returncode
+                    raise RuntimeError(f"eva-operator exited with {code}; see {log_path}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"eva-operator did not start watching; see {log_path}")
                 await asyncio.sleep(0.05)
@@ -556,7 +599,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             for name in lat_names:
                 _, n = await run_batch(api, probe, [name], True, 60)
                 lat_done += n
-            lat = [ms for ms, run, _, _ in probe.samples if run in lat_names]
+            lat = [x[0] for x in probe.samples if x[1] in lat_names]
             out["latency_finished"] = lat_done
             out["latency_samples"] = len(lat)
             out["latency_p50_ms"] = percentile(lat, 50)
@@ -567,6 +610,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             m0 = metric_samples(await scrape(metrics_port))
             names = [f"run-{i:04d}" for i in range(args.runs)]
             cpu_op, cpu_self = proc_cpu_s(proc.pid), self_cpu_s()
+            t_scale = time.perf_counter()
             wall, finished = await run_batch(api, probe, names, args.creator, args.timeout)
             if cpu_op is not None:
                 out["operator_cpu_s"] = (proc_cpu_s(proc.pid) or cpu_op) - cpu_op
@@ -575,7 +619,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             m1 = metric_samples(await scrape(metrics_port))
             mine = set(names)
             created = {n: c for n, c in probe.creates.items() if probe.job_run[n][0] in mine}
-            load = [ms for ms, run, _, _ in probe.samples if run in mine]
+            load = [x[0] for x in probe.samples if x[1] in mine]
+            by_step: dict[str, list[float]] = {}
+            by_second: dict[int, list[float]] = {}
+            for ms, run, prev, step, at in probe.samples:
+                if run in mine:
+                    by_step.setdefault(f"{prev}->{step}", []).append(ms)
+                    by_second.setdefault(int(at - t_scale), []).append(ms)
             phases = Counter(probe.phases.get(n, "none") for n in names)
             out.update(
                 {
@@ -594,12 +644,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     - metric_total(m0, "eva_operator_jobs_created_total"),
                     "load_latency_p50_ms": percentile(load, 50),
                     "load_latency_p95_ms": percentile(load, 95),
+                    "load_latency_by_transition_ms": {
+                        k: {"n": len(v), "p50": percentile(v, 50), "p95": percentile(v, 95)}
+                        for k, v in by_step.items()
+                    },
+                    "load_latency_by_second_ms": {
+                        s: {"n": len(v), "p50": percentile(v, 50), "max": max(v)}
+                        for s, v in sorted(by_second.items())
+                    },
                     "reconciles": metric_total(m1, RECONCILE_HISTOGRAM + "_count")
                     - metric_total(m0, RECONCILE_HISTOGRAM + "_count"),
                     "reconcile_p50_ms": _ms(histogram_quantile(0.5, m0, m1, RECONCILE_HISTOGRAM)),
-                    "reconcile_p95_ms": _ms(
-                        histogram_quantile(0.95, m0, m1, RECONCILE_HISTOGRAM)
-                    ),
+                    "reconcile_p95_ms": _ms(histogram_quantile(0.95, m0, m1, RECONCILE_HISTOGRAM)),
                     "reconcile_errors": metric_total(m1, "eva_operator_reconcile_errors_total"),
                     "controller_errors": len(jobs.errors),
                     "controller_error_examples": jobs.errors[:3],
@@ -639,6 +695,12 @@ def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
     return f"{value}{unit}"
 
 
+def _bucket(ms: float | None) -> str:
+    """A histogram quantile; at the top finite bucket (10 s) it is only a lower bound."""
+    top = RECONCILE_BUCKETS[-1] * 1000.0
+    return _fmt(ms, " ms") if ms is None or ms < top else f">= {ms:.0f} ms"
+
+
 def report(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     peak = max([x for x in (r.get("peak_rss_hwm_mib"), r.get("peak_rss_sampled_mib")) if x] or [0])
     jobs_ok = (
@@ -664,11 +726,12 @@ def report(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         (f"{r['runs']} runs: Jobs created (distinct)",
          f"{r['jobs_created']} ({r['jobs_distinct']})", f"= {r['jobs_expected']}",
          verdict(jobs_ok)),
+        ("  Job CREATEs refused as existing (409)", str(r["job_conflicts_409"]), "", ""),
         ("  transition latency under load p50", _fmt(r.get("load_latency_p50_ms"), " ms"), "", ""),
         ("  transition latency under load p95", _fmt(r.get("load_latency_p95_ms"), " ms"), "", ""),
         ("  reconciles", _fmt(int(r["reconciles"])), "", ""),
-        ("  reconcile duration p50 (histogram)", _fmt(r.get("reconcile_p50_ms"), " ms"), "", ""),
-        ("  reconcile duration p95 (histogram)", _fmt(r.get("reconcile_p95_ms"), " ms"), "", ""),
+        ("  reconcile duration p50 (histogram)", _bucket(r.get("reconcile_p50_ms")), "", ""),
+        ("  reconcile duration p95 (histogram)", _bucket(r.get("reconcile_p95_ms")), "", ""),
         ("operator RSS idle", _fmt(r.get("idle_rss_mib"), " MiB"), "", ""),
         ("operator peak RSS (VmHWM)", _fmt(r.get("peak_rss_hwm_mib"), " MiB"), "< 300 MiB",
          verdict(0 < peak < RSS_TARGET_MIB)),
@@ -712,8 +775,8 @@ def main() -> None:
         print(f"{name:46s} {value:>16s} {target:>10s}  {verdict}")
     if result["controller_errors"]:
         print(f"simulated Job controller errors: {result['controller_error_examples']}")
-    if result["job_conflicts_409"]:
-        print(f"Job CREATEs refused as already existing (409): {result['job_conflicts_409']}")
+    if not result.get("operator_alive", False):
+        print(f"eva-operator exited during the benchmark (code {result.get('operator_exit')})")
     if result["phases"].get("Succeeded", 0) != args.runs:
         print(f"run phases: {result['phases']}")
     for line in result["log_examples"]:

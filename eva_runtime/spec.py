@@ -696,4 +696,5 @@ def spec_changes(old: EvaRun, new: EvaRun) -> list[str]:
 def dump_run(run: EvaRun) -> str:
     """The manifest as YAML with camelCase keys (what a Job's pod receives)."""
     data = run.model_dump(by_alias=True, exclude_none=True, mode="json")
-    return yaml.safe_dump(data, sort_keys=False)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: ~10x faster
+    return yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=False)

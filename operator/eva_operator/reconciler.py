@@ -63,6 +63,9 @@ class Reconciler:
     pods_of: Lookup = lambda ns, name: ()
     mlflow_uri: str | None = None
     _runs: dict[tuple[str, str], _RunState] = field(default_factory=dict)
+    # Jobs this operator created that its watch has not shown yet (name -> manifest): the
+    # next reconciliation counts them as existing instead of creating them again.
+    _unseen: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     _closing: bool = False
 
     # ------------------------------------------------------------------ scheduling
@@ -87,6 +90,7 @@ class Reconciler:
         )
 
     def forget(self, namespace: str, name: str) -> None:
+        self._unseen.pop((namespace, name), None)
         st = self._runs.pop((namespace, name), None)
         if st is not None:
             if st.timer is not None:
@@ -137,6 +141,10 @@ class Reconciler:
                 return None
             raise
         jobs = [dict(j) for j in self.jobs_of(namespace, name)]
+        unseen = self._unseen.get((namespace, name), {})
+        for seen in [(j.get("metadata") or {}).get("name") for j in jobs]:
+            unseen.pop(seen, None)
+        jobs += list(unseen.values())
         pods = [dict(p) for p in self.pods_of(namespace, name)]
         pods = await self._with_finished_pods(namespace, run, jobs, pods)
         now = datetime.now(UTC)
@@ -144,6 +152,7 @@ class Reconciler:
         acts = plan(run, jobs, pods, now, self.defaults)
 
         for job in acts.delete:
+            unseen.pop(job, None)
             await with_retries(lambda job=job: self.kube.delete(jobs_path(namespace, job)))
         for manifest in acts.create:
             await self._create_job(namespace, manifest, acts)
@@ -192,6 +201,8 @@ class Reconciler:
                 return
             raise
         self.metrics.jobs_created.labels(step).inc()
+        run = manifest["metadata"]["labels"]["eva.dev/run"]
+        self._unseen.setdefault((namespace, run), {})[manifest["metadata"]["name"]] = manifest
 
     async def _with_finished_pods(
         self,
