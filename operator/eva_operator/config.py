@@ -59,7 +59,8 @@ class OperatorConfig:
     # Defaults for step pods (an EvaRun's own values win):
     #   EVA_STEP_IMAGE, EVA_STEP_IMAGE_PULL_POLICY, EVA_STEP_IMAGE_PULL_SECRETS (a,b),
     #   EVA_STEP_SERVICE_ACCOUNT, EVA_ARTIFACT_CLAIM, EVA_STEP_NODE_SELECTOR (JSON),
-    #   EVA_STEP_TOLERATIONS (JSON list), EVA_STEP_PRIORITY_CLASS, EVA_MLFLOW_TRACKING_URI,
+    #   EVA_STEP_TOLERATIONS (JSON list), EVA_STEP_AFFINITY (JSON), EVA_STEP_PRIORITY_CLASS,
+    #   EVA_MLFLOW_TRACKING_URI,
     #   EVA_PUSHGATEWAY_URL, EVA_GPU_RESOURCE (nvidia.com/gpu)
     steps: StepDefaults = field(default_factory=StepDefaults)
 
@@ -74,6 +75,7 @@ class OperatorConfig:
             claim_name=_opt("EVA_ARTIFACT_CLAIM"),
             node_selector=_json("EVA_STEP_NODE_SELECTOR", {}),
             tolerations=tuple(_json("EVA_STEP_TOLERATIONS", [])),
+            affinity=_json("EVA_STEP_AFFINITY", None),
             priority_class_name=_opt("EVA_STEP_PRIORITY_CLASS"),
             mlflow_tracking_uri=_opt("EVA_MLFLOW_TRACKING_URI"),
             pushgateway_url=_opt("EVA_PUSHGATEWAY_URL"),

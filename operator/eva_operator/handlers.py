@@ -250,7 +250,8 @@ def registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     )(resync)
     kopf.on.delete(GROUP, VERSION, PLURAL, registry=reg)(run_deleted)
     if config.webhook_mode != "off":
-        kopf.on.validate(GROUP, VERSION, PLURAL, operations=["CREATE", "UPDATE"], registry=reg)(
-            admit
-        )
+        # The id is the webhook's URL path (/admit): the chart's cert-manager mode names it.
+        kopf.on.validate(
+            GROUP, VERSION, PLURAL, id="admit", operations=["CREATE", "UPDATE"], registry=reg
+        )(admit)
     return reg

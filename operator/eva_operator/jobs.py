@@ -49,6 +49,7 @@ class StepDefaults:
     claim_name: str | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] | None = None
     priority_class_name: str | None = None
     mlflow_tracking_uri: str | None = None
     pushgateway_url: str | None = None
@@ -259,8 +260,9 @@ def build_job(
     tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in r.tolerations]
     if tolerations or d.tolerations:
         pod_spec["tolerations"] = tolerations or [dict(t) for t in d.tolerations]
-    if r.affinity:
-        pod_spec["affinity"] = r.affinity
+    affinity = r.affinity or d.affinity
+    if affinity:
+        pod_spec["affinity"] = affinity
     priority = r.priority_class_name or d.priority_class_name
     if priority:
         pod_spec["priorityClassName"] = priority

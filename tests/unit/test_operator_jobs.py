@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -220,6 +221,9 @@ def test_pod_placement_fields_spec_over_defaults() -> None:
     assert p["tolerations"] == [{"key": "spot", "operator": "Equal", "value": "yes"}]
     assert p["affinity"] == affinity
     assert p["priorityClassName"] == "high"
+    zonal = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}
+    assert pod(job(defaults=replace(d, affinity=zonal)))["affinity"] == zonal
+    assert pod(job(spec=own, defaults=replace(d, affinity=zonal)))["affinity"] == affinity
     bare = pod(job())
     for key in ("imagePullSecrets", "serviceAccountName", "nodeSelector", "tolerations"):
         assert key not in bare and "priorityClassName" not in bare
