@@ -114,8 +114,9 @@ class StepMetrics:
 
     # --- what the steps call while they work -------------------------------------------------
 
-    def set_prompts_total(self, n: int) -> None:
-        self._prompts.labels(**self.labels).set(n)
+    def add_prompts_total(self, n: int) -> None:
+        """More planned work (evaluation scores two policies: both passes count)."""
+        self._prompts.labels(**self.labels).inc(n)
 
     def prompts_done(self, k: int = 1) -> None:
         self._prompts_done.labels(**self.labels).inc(k)
@@ -200,7 +201,7 @@ class StepMetrics:
 class NullMetrics:
     """What ``current()`` returns outside a step, so library code can report unconditionally."""
 
-    def set_prompts_total(self, n: int) -> None:
+    def add_prompts_total(self, n: int) -> None:
         pass
 
     def prompts_done(self, k: int = 1) -> None:

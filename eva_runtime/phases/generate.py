@@ -46,7 +46,7 @@ def generate_and_score(
         return pd.DataFrame({c: [] for c in ROLLOUT_COLUMNS})
     texts = prompts["prompt"].tolist()
     metrics = current_metrics()
-    metrics.set_prompts_total(len(texts))
+    metrics.add_prompts_total(len(texts))
     generator = ctx.policy_generator(model_path, iteration)
     try:
         with task(f"{label}: generating", len(texts)) as advance:

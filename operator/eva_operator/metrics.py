@@ -11,6 +11,7 @@ import contextlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from eva_operator.conditions import PHASES
+from eva_runtime.spec import STEPS
 
 STEP_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
 RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -77,6 +78,11 @@ class OperatorMetrics:
         self._phases: dict[tuple[str, str], str] = {}
         for phase in PHASES:
             self.runs.labels(phase).set(0)
+        # Every step's series exist from the start, so rate() and increase() see the first
+        # observation of each step.
+        for step in ("prepare", *STEPS):
+            self.step_duration.labels(step)
+            self.jobs_created.labels(step)
 
     def observe_run(self, namespace: str, name: str, status: dict) -> None:
         phase = status.get("phase")

@@ -99,7 +99,7 @@ def test_prometheus_scrapes_a_step_while_it_works(stack: Stack) -> None:
     port = metrics.serve(stack.metrics_port, addr="127.0.0.1")
     assert port == stack.metrics_port
     metrics.step_started()
-    metrics.set_prompts_total(40)
+    metrics.add_prompts_total(40)
     done = threading.Event()
 
     def work() -> None:
@@ -239,7 +239,7 @@ def test_monitoring_down_is_a_warning_not_a_failure(capsys: pytest.CaptureFixtur
 def _exercised() -> StepMetrics:
     s = StepMetrics(run="r", namespace="ns", iteration=1, step="create")
     s.step_started()
-    s.set_prompts_total(10)
+    s.add_prompts_total(10)
     s.prompts_done(2)
     s.tokens_generated(5)
     s.responses_scored(4)
@@ -333,7 +333,7 @@ def test_null_metrics_has_every_method_and_accepts_every_call() -> None:
     null = NullMetrics()
     for name, fn in public.items():
         assert inspect.signature(getattr(NullMetrics, name)) == inspect.signature(fn), name
-    null.set_prompts_total(3)
+    null.add_prompts_total(3)
     null.prompts_done()
     null.prompts_done(2)
     null.tokens_generated(5)
