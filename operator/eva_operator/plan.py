@@ -53,6 +53,18 @@ HISTORY_FIELDS: dict[str, dict[str, str]] = {
         "win_rate": "winRate",
     },
 }
+# Waiting reasons of a pod that will not start by itself.
+STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "RegistryUnavailable",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
 # Counts that add up over the shards of a generation step.
 ADDITIVE = ("prompts", "responses", "tokens", "truncated")
 
@@ -481,7 +493,9 @@ def _stuck_pod(
     if deadline is None:
         return None
     for p in pods:
-        if p.phase != "Pending":
+        # Pulling a large image (ContainerCreating) or waiting for a free node is progress;
+        # an unschedulable pod or an image that cannot be pulled is not.
+        if p.phase != "Pending" or not (p.unschedulable or p.waiting_reason in STUCK_REASONS):
             continue
         since = parse_time(p.created) or parse_time(job.created)
         if since is None or (now - since).total_seconds() <= deadline:

@@ -344,6 +344,17 @@ def test_a_pod_pending_within_the_deadline_changes_nothing() -> None:
     assert sim.status == before
 
 
+def test_a_pod_still_pulling_its_image_past_the_deadline_is_left_alone() -> None:
+    sim = Sim(make_run())
+    sim.plan()
+    sim.pods.append(
+        pod("demo-i0-prepare", 0, "Pending", created=T0, waiting=("ContainerCreating", ""))
+    )
+    sim.now = T0 + timedelta(seconds=3600)
+    acts = sim.plan()
+    assert (acts.delete, sim.status["phase"]) == ([], "Running")
+
+
 def test_the_run_fails_past_active_deadline_and_deletes_live_jobs() -> None:
     sim = Sim(make_run({"runPolicy": {"activeDeadlineSeconds": 3600}}))
     acts = sim.plan()
