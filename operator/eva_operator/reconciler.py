@@ -190,6 +190,8 @@ class Reconciler:
         except KubeError as exc:
             if exc.status == 409:  # created by an earlier reconciliation or operator instance
                 return
+            if exc.status == 403 and "exceeded quota" in exc.message:
+                raise  # a ResourceQuota is full: try again later (with backoff)
             if exc.status in (400, 403, 422):
                 fail(
                     acts,
