@@ -83,7 +83,7 @@ async def test_an_evarun_runs_to_succeeded_through_two_iterations(env) -> None:
     assert rs.count("StepSucceeded") == 11, events(env, "StepSucceeded")
     assert rs.count("IterationSucceeded") == 2 and rs.count("RunSucceeded") == 1
     assert metric(op, "eva_operator_jobs_created_total", step="generate") == 2
-    assert metric(op, "eva_operator_runs", phase="Succeeded") == 1
+    await wait_for(lambda: metric(op, "eva_operator_runs", phase="Succeeded") == 1, 10, "metric")
     assert metric(op, "eva_operator_step_duration_seconds_count", step="train") == 2
 
 
@@ -124,7 +124,8 @@ async def test_a_step_that_fails_every_time_fails_the_run_with_its_error(env) ->
     assert (
         conds["Failed"]["status"] == "True" and conds["Failed"]["reason"] == "BackoffLimitExceeded"
     )
-    assert "BackoffLimitExceeded" in reasons(env)
+    # Events and metrics follow the status write.
+    await wait_for(lambda: "BackoffLimitExceeded" in reasons(env), 10, "the failure Event")
 
 
 async def test_a_pod_pending_past_the_deadline_fails_the_run_fast(env, rules) -> None:
@@ -279,7 +280,9 @@ async def test_twenty_evaruns_at_once_all_finish(env) -> None:
     assert len(created_names(env.cluster, JOBS)) == 20 * 4
     for n in names:
         assert (env.controller.artifacts / "default" / n / "iter-0/evaluate/_SUCCESS.json").exists()
-    assert metric(op, "eva_operator_runs", phase="Succeeded") == 20
+    await wait_for(
+        lambda: metric(op, "eva_operator_runs", phase="Succeeded") == 20, 10, "the runs metric"
+    )
 
 
 async def test_deleting_an_evarun_removes_its_jobs(env, rules) -> None:
@@ -292,4 +295,10 @@ async def test_deleting_an_evarun_removes_its_jobs(env, rules) -> None:
     await env.api.delete_run("default", "tiny")
     await wait_for(lambda: not live(env.cluster, JOBS), 20, "the run's Jobs to be deleted")
     await wait_for(lambda: env.status("tiny") == {}, 20, "the EvaRun to go (finalizer released)")
-    assert metric(op, "eva_operator_run_iteration", namespace="default", run="tiny") == 0
+    # The deleted run's series are gone.
+    assert (
+        op.metrics.registry.get_sample_value(
+            "eva_operator_run_iteration", {"namespace": "default", "run": "tiny"}
+        )
+        is None
+    )
