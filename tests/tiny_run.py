@@ -84,3 +84,21 @@ def tiny_manifest(
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def cluster_spec(overrides: dict[str, Any] | None = None, *, shards: int = 2) -> dict[str, Any]:
+    """A valid spec for the operator's pure tests: nothing in it is loaded or run.
+
+    ``overrides`` replaces top-level sections, merging one level deep.
+    """
+    base: dict[str, Any] = {
+        "policy": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "rewardModel": {"type": "python", "function": "eva_runtime.rewards:length_target"},
+        "prompts": {"source": "/data/prompts.jsonl"},
+        "storage": {"claimName": "eva-artifacts"},
+        "iterations": 2,
+        "generation": {"shards": shards},
+    }
+    for k, v in (overrides or {}).items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base

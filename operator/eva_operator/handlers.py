@@ -149,7 +149,7 @@ async def run_event(
         rec.poke(namespace, name)
 
 
-async def job_event(
+async def child_event(
     namespace: str,
     labels: kopf.Labels,
     memo: kopf.Memo,
@@ -157,17 +157,7 @@ async def job_event(
     eva_pods: kopf.Index,
     **_: Any,
 ) -> None:
-    _reconciler(memo, eva_jobs, eva_pods).poke(namespace, labels[LABEL_RUN])
-
-
-async def pod_event(
-    namespace: str,
-    labels: kopf.Labels,
-    memo: kopf.Memo,
-    eva_jobs: kopf.Index,
-    eva_pods: kopf.Index,
-    **_: Any,
-) -> None:
+    """A Job or Pod of a run changed: reconcile its run."""
     _reconciler(memo, eva_jobs, eva_pods).poke(namespace, labels[LABEL_RUN])
 
 
@@ -238,8 +228,8 @@ def registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     kopf.index(*jobs, labels=ours, registry=reg)(eva_jobs)
     kopf.index(*pods, labels=ours, registry=reg)(eva_pods)
     kopf.on.event(GROUP, VERSION, PLURAL, registry=reg)(run_event)
-    kopf.on.event(*jobs, labels=ours, registry=reg)(job_event)
-    kopf.on.event(*pods, labels=ours, registry=reg)(pod_event)
+    kopf.on.event(*jobs, labels=ours, id="job_event", registry=reg)(child_event)
+    kopf.on.event(*pods, labels=ours, id="pod_event", registry=reg)(child_event)
     kopf.timer(
         GROUP,
         VERSION,

@@ -13,17 +13,11 @@ from eva_operator.admission import review
 from eva_operator.jobs import StepDefaults
 from eva_runtime.cli import main
 from eva_runtime.spec import SpecError, parse_run
+from tiny_run import cluster_spec
 
 
 def body(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
-    s: dict[str, Any] = {
-        "policy": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-        "rewardModel": {"type": "python", "function": "eva_runtime.rewards:length_target"},
-        "prompts": {"source": "/data/prompts.jsonl"},
-        "storage": {"claimName": "eva-artifacts"},
-        "iterations": 3,
-    }
-    s.update(spec)
+    s = {**cluster_spec({"iterations": 3}), **spec}
     # What the API server sends: metadata with server fields besides name and namespace.
     meta = {"name": "demo", "namespace": "team-a", "uid": "u-1", "resourceVersion": "41"}
     out = {"apiVersion": "eva.dev/v1alpha1", "kind": "EvaRun", "metadata": meta, "spec": s}

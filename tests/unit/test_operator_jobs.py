@@ -12,22 +12,14 @@ import yaml
 
 from eva_operator.jobs import StepDefaults, build_job, job_name, run_dir
 from eva_runtime.spec import EvaRun, load_runs, parse_run
+from tiny_run import cluster_spec
 
 META = {"name": "demo", "namespace": "team-a", "uid": "0f6c1c2e-uid"}
 STEPS = ("prepare", "generate", "create", "generate-evolved", "train", "evaluate")
 
 
 def make_run(spec: dict[str, Any] | None = None, name: str = "demo", **meta: Any) -> EvaRun:
-    base = {
-        "policy": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-        "rewardModel": {"type": "python", "function": "eva_runtime.rewards:length_target"},
-        "prompts": {"source": "/data/prompts.jsonl"},
-        "storage": {"claimName": "eva-artifacts"},
-        "iterations": 2,
-        "generation": {"shards": 3},
-    }
-    for k, v in (spec or {}).items():  # one level deep is enough here
-        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    base = cluster_spec(spec, shards=3)
     head = {"apiVersion": "eva.dev/v1alpha1", "kind": "EvaRun"}
     return parse_run(
         head | {"metadata": {"name": name, "namespace": "team-a", **meta}, "spec": base}

@@ -14,6 +14,7 @@ from typing import Any
 
 from eva_operator.jobs import StepDefaults
 from eva_operator.plan import Actions, observe_pod, plan, rfc3339, step_summary
+from tiny_run import cluster_spec
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 CREATOR = ("generate", "create", "generate-evolved", "train", "evaluate")
@@ -21,16 +22,7 @@ BASELINE = ("generate", "train", "evaluate")
 
 
 def make_run(spec: dict[str, Any] | None = None, **status: Any) -> dict[str, Any]:
-    base = {
-        "policy": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-        "rewardModel": {"type": "python", "function": "eva_runtime.rewards:length_target"},
-        "prompts": {"source": "/data/prompts.jsonl"},
-        "storage": {"claimName": "eva-artifacts"},
-        "iterations": 2,
-        "generation": {"shards": 2},
-    }
-    for k, v in (spec or {}).items():
-        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    base = cluster_spec(spec)
     meta = {"name": "demo", "namespace": "team-a", "uid": "uid-1", "generation": 1}
     head = {"apiVersion": "eva.dev/v1alpha1", "kind": "EvaRun"}
     return head | {"metadata": meta, "spec": base, "status": status}
