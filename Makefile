@@ -94,4 +94,4 @@ manifests: $(HELM)
 	} > manifests/install.yaml.tmp && mv manifests/install.yaml.tmp manifests/install.yaml
 
 clean:
-	rm -rf $(VENV) $(WORKDIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(WORKDIR) $(TOOLS) .pytest_cache .ruff_cache
