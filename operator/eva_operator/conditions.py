@@ -31,6 +31,7 @@ STEP_FAILED = "StepFailed"  # a step's Job failed; it is retried while the backo
 STEP_RETRYING = "StepRetrying"  # a failed step runs again from its last complete shard
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # a step failed more than runPolicy.backoffLimit
 POD_PENDING_TOO_LONG = "PodPendingTooLong"  # a pod stayed Pending past pendingDeadlineSeconds
+PODS_NOT_CREATED = "PodsNotCreated"  # a Job made no pod within pendingDeadlineSeconds
 DEADLINE_EXCEEDED = "DeadlineExceeded"  # the run ran past runPolicy.activeDeadlineSeconds
 INVALID_SPEC = "InvalidSpec"  # the spec fails validation (e.g. applied without the webhook)
 JOB_REJECTED = "JobRejected"  # the API server refused a step Job (e.g. a bad affinity)

@@ -117,7 +117,7 @@ def _slim(body: kopf.Body) -> dict[str, Any]:
             k: meta.get(k)
             for k in ("name", "namespace", "labels", "creationTimestamp", "deletionTimestamp")
         },
-        "spec": {"completions": (body.get("spec") or {}).get("completions")},
+        "spec": {k: (body.get("spec") or {}).get(k) for k in ("completions", "suspend")},
         "status": dict(body.get("status") or {}),
     }
 

@@ -102,6 +102,7 @@ class JobView:
     message: str = ""
     reason: str = ""
     created: str | None = None
+    suspended: bool = False  # e.g. held by Kueue until admitted
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ def observe_job(job: dict[str, Any]) -> JobView:
         reason=reason,
         message=message,
         created=meta.get("creationTimestamp"),
+        suspended=bool((job.get("spec") or {}).get("suspend")),
     )
 
 
@@ -408,12 +410,15 @@ def plan(
                 generation,
             )
             return acts
-        # active: fail fast on pods that cannot start
+        # active: fail fast on pods that cannot start, or that were never created
         stuck = _stuck_pod(mine, job, now, rp.pending_deadline_seconds)
+        reason = c.POD_PENDING_TOO_LONG
+        if stuck is None and not mine:
+            stuck, reason = _no_pods(job, now, rp.pending_deadline_seconds), c.PODS_NOT_CREATED
         if stuck is not None:
             acts.delete.append(name)
-            acts.failed_jobs.append((step, c.POD_PENDING_TOO_LONG))
-            fail(acts, c.POD_PENDING_TOO_LONG, stuck, ts, generation)
+            acts.failed_jobs.append((step, reason))
+            fail(acts, reason, stuck, ts, generation)
         return acts
 
     # Every step complete.
@@ -507,6 +512,20 @@ def _stuck_pod(
             f"(runPolicy.pendingDeadlineSeconds): {why}" + (f": {detail}" if detail else "")
         )
     return None
+
+
+def _no_pods(job: JobView, now: datetime, deadline: int | None) -> str | None:
+    """A Job that made no pod for too long: the API refused them (see its FailedCreate Events)."""
+    since = parse_time(job.created)
+    if deadline is None or job.suspended or since is None:
+        return None
+    if (now - since).total_seconds() <= deadline:
+        return None
+    return (
+        f"Job {job.name} created no pod in {deadline} s (runPolicy.pendingDeadlineSeconds): "
+        f"see `kubectl describe job {job.name}` (a missing service account or Secret, a full "
+        "ResourceQuota, or a pod security policy refuses its pods)"
+    )
 
 
 def fail(acts: Actions, reason: str, message: str, ts: str, generation: int | None) -> None:

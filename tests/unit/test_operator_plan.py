@@ -347,6 +347,29 @@ def test_a_pod_still_pulling_its_image_past_the_deadline_is_left_alone() -> None
     assert (acts.delete, sim.status["phase"]) == ([], "Running")
 
 
+def test_a_job_that_makes_no_pod_past_the_deadline_fails_the_run() -> None:
+    sim = Sim(make_run())
+    sim.plan()
+    sim.jobs[0]["metadata"]["creationTimestamp"] = rfc3339(T0)
+    sim.now = T0 + timedelta(seconds=300)
+    assert sim.plan().delete == []
+    sim.now = T0 + timedelta(seconds=601)
+    acts = sim.plan()
+    assert acts.delete == ["demo-i0-prepare"]
+    assert (sim.status["phase"], sim.status["reason"]) == ("Failed", "PodsNotCreated")
+    assert "kubectl describe job demo-i0-prepare" in sim.status["message"]
+
+
+def test_a_job_held_by_a_queue_is_not_failed_for_having_no_pod() -> None:
+    sim = Sim(make_run())
+    sim.plan()
+    sim.jobs[0]["metadata"]["creationTimestamp"] = rfc3339(T0)
+    sim.jobs[0]["spec"]["suspend"] = True  # Kueue admits it later
+    sim.now = T0 + timedelta(days=1)
+    acts = sim.plan()
+    assert (acts.delete, sim.status["phase"]) == ([], "Running")
+
+
 def test_the_run_fails_past_active_deadline_and_deletes_live_jobs() -> None:
     sim = Sim(make_run({"runPolicy": {"activeDeadlineSeconds": 3600}}))
     acts = sim.plan()
