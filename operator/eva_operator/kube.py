@@ -52,6 +52,7 @@ class Kube:
         self._info = info
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []
 
     @property
     def server(self) -> str:
@@ -62,10 +63,13 @@ class Kube:
     def set_connection(self, info: kopf.ConnectionInfo) -> None:
         """New credentials (kopf logs in again when they expire): the next call uses them."""
         self._info = info
-        self._stale = self._session
+        if self._session is not None:
+            self._retired.append(self._session)  # closed at the next request (needs the loop)
         self._session = None
 
     async def _open(self) -> aiohttp.ClientSession:
+        while self._retired:
+            await self._retired.pop().close()
         if self._session is None or self._session.closed:
             info = self._info
             if info is None:
@@ -79,8 +83,10 @@ class Kube:
         return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in [*self._retired, self._session]:
+            if session is not None:
+                await session.close()
+        self._retired.clear()
 
     async def request(
         self,

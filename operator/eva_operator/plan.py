@@ -19,7 +19,6 @@ from typing import Any
 from eva_operator import conditions as c
 from eva_operator.jobs import (
     CONTAINER,
-    LABEL_RUN,
     StepDefaults,
     build_job,
     job_name,
@@ -610,7 +609,3 @@ def _record(
             status["reward"] = counts["reward_new"]
         if counts.get("win_rate") is not None:
             status["winRate"] = counts["win_rate"]
-
-
-def run_label_selector(name: str) -> str:
-    return f"{LABEL_RUN}={name}"

@@ -131,25 +131,30 @@ def test_eva_validate_exits_nonzero_and_lists_errors(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def test_spec_and_library_core_import_without_torch() -> None:
+def _left_out(modules: str, heavy: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """Import ``modules`` in a fresh interpreter; fail if any of ``heavy`` got loaded."""
     code = (
-        "import sys, eva_runtime.spec, eva_runtime.creator, eva_runtime.solver, eva_runtime.cli, "
-        "eva_runtime.backends, eva_runtime.models, eva_runtime.runner, eva_runtime.crd\n"
-        "heavy = [m for m in ('torch', 'transformers', 'trl', 'vllm') if m in sys.modules]\n"
+        f"import sys, {modules}\n"
+        f"heavy = [m for m in {heavy!r} if m in sys.modules]\n"
         "assert not heavy, heavy"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_spec_and_library_core_import_without_torch() -> None:
+    out = _left_out(
+        "eva_runtime.spec, eva_runtime.creator, eva_runtime.solver, eva_runtime.cli, "
+        "eva_runtime.backends, eva_runtime.models, eva_runtime.runner, eva_runtime.crd",
+        ("torch", "transformers", "trl", "vllm"),
+    )
     assert out.returncode == 0, out.stderr
 
 
 def test_the_operator_imports_no_ml_library_nor_pandas() -> None:
     """The operator image has none of them: eva_operator must not pull them in."""
-    code = (
-        "import sys, eva_operator.main, eva_operator.handlers, eva_operator.plan, "
-        "eva_operator.jobs, eva_operator.admission, eva_runtime.spec, eva_runtime.crd\n"
-        "heavy = [m for m in ('torch', 'transformers', 'trl', 'vllm', 'mlflow', 'pandas', "
-        "'numpy', 'pyarrow') if m in sys.modules]\n"
-        "assert not heavy, heavy"
+    out = _left_out(
+        "eva_operator.main, eva_operator.handlers, eva_operator.plan, eva_operator.jobs, "
+        "eva_operator.admission, eva_runtime.spec, eva_runtime.crd",
+        ("torch", "transformers", "trl", "vllm", "mlflow", "pandas", "numpy", "pyarrow"),
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
