@@ -259,9 +259,37 @@ def _schema_for(model: type[BaseModel], where: str) -> dict[str, Any]:
     return _convert(raw, defs, where)
 
 
+def _section_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """Give each optional section (a nested model with a default) its default object.
+
+    The API server applies a field's default only where its parent exists; with the
+    section's default in place (``{}``, plus whatever the default instance sets differently
+    from its class, e.g. ``gpus: 1``) it fills the nested defaults too, as the model does.
+    """
+    for name, f in model.model_fields.items():
+        section = f.annotation
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            continue  # scalars, lists, maps and nullable sections get no object default
+        prop = (schema.get("properties") or {}).get(f.alias or name)
+        if prop is None or prop.get("type") != "object":
+            continue
+        _section_defaults(prop, section)
+        if f.is_required():
+            continue
+        instance = f.get_default(call_default_factory=True)
+        try:
+            plain = section().model_dump(by_alias=True, mode="json")
+        except ValueError:
+            continue  # the section has required fields: no default object
+        own = instance.model_dump(by_alias=True, mode="json")
+        prop["default"] = {k: v for k, v in own.items() if v != plain.get(k)}
+        schema["properties"][f.alias or name] = {k: prop[k] for k in _ORDER if k in prop}
+
+
 def spec_schema() -> dict[str, Any]:
     """The structural schema of ``spec``, from ``EvaRunSpec``."""
     schema = _schema_for(EvaRunSpec, "spec")
+    _section_defaults(schema, EvaRunSpec)
     schema.setdefault(
         "description",
         "The run: models, prompts, the eva loop's settings, and (cluster only) where its "

@@ -456,12 +456,6 @@ class JobController:
         status, data = await self.api.call("PATCH", f"{base}/namespaces/{ns}/{plural}/{name}", body)
         assert status < 300, data
 
-    def _map(self, value: str, mounts: dict[str, Path]) -> str:
-        for mount in sorted(mounts, key=len, reverse=True):
-            if value == mount or value.startswith(mount.rstrip("/") + "/"):
-                return str(mounts[mount]) + value[len(mount.rstrip("/")) :]
-        return value
-
     async def _execute(
         self, job: dict[str, Any], pod: dict[str, Any], index: int | None, outcome: Outcome
     ) -> tuple[int, str]:
@@ -469,57 +463,92 @@ class JobController:
             return 1, json.dumps({"error": outcome.message or "simulated failure"})
         pod_spec = job["spec"]["template"]["spec"]
         container = pod_spec["containers"][0]
-        volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
-        home = self.scratch / pod["metadata"]["name"]
-        home.mkdir(parents=True, exist_ok=True)
-        mounts: dict[str, Path] = {}
-        for m in container.get("volumeMounts") or []:
-            vol = volumes[m["name"]]
-            if "persistentVolumeClaim" in vol:
-                mounts[m["mountPath"]] = self.artifacts
-            else:
-                d = home / m["name"]
-                d.mkdir(exist_ok=True)
-                mounts[m["mountPath"]] = d
-        term = home / "termination-log"
-        mounts[container.get("terminationMessagePath", "/dev/termination-log")] = term
-        env = {
-            e["name"]: self._map(e.get("value", ""), mounts)
-            for e in container.get("env", [])
-            if "value" in e
-        }
+        prepared = prepare_container(
+            pod_spec, pod["metadata"]["name"], self.artifacts, self.scratch
+        )
+        for e in container.get("env", []):
+            if "value" in e:
+                prepared.env[e["name"]] = prepared.map(e["value"])
         if index is not None:
-            env["JOB_COMPLETION_INDEX"] = str(index)
-        args = [self._map(a, mounts) for a in container.get("args", [])]
+            prepared.env["JOB_COMPLETION_INDEX"] = str(index)
         async with self._lock:  # one step at a time: this machine has two cores
-            code, log = await self._invoke(container["command"], args, env)
+            code, log = await invoke(
+                container["command"], prepared.args, prepared.env, self.in_process
+            )
+        term = prepared.termination
         message = term.read_text() if term.exists() else ""
         if not message and code != 0:
             message = log[-2000:]  # terminationMessagePolicy: FallbackToLogsOnError
         return code, message
 
-    async def _invoke(
-        self, command: list[str], args: list[str], env: dict[str, str]
-    ) -> tuple[int, str]:
-        assert command == ["eva"], command
-        if self.in_process:
-            return await asyncio.to_thread(_invoke_in_process, args, env)
-        exe = shutil.which("eva") or str(Path(sys.executable).parent / "eva")
-        full_env = {"PATH": os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1", **env}
-        proc = await asyncio.create_subprocess_exec(
-            exe,
-            *args,
-            env=full_env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            out, _ = await proc.communicate()
-        except asyncio.CancelledError:
-            proc.kill()
-            await proc.wait()
-            raise
-        return proc.returncode or 0, out.decode(errors="replace")
+
+# --------------------------------------------------------------------------- a container
+
+
+@dataclass
+class Prepared:
+    """A step container laid out on this machine: its volumes as folders, its args mapped."""
+
+    mounts: dict[str, Path]
+    args: list[str]
+    termination: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def map(self, value: str) -> str:
+        """A path inside the container -> the folder on this machine that stands for it."""
+        for mount in sorted(self.mounts, key=len, reverse=True):
+            if value == mount or value.startswith(mount.rstrip("/") + "/"):
+                return str(self.mounts[mount]) + value[len(mount.rstrip("/")) :]
+        return value
+
+
+def prepare_container(
+    pod_spec: dict[str, Any], pod_name: str, artifacts: Path, scratch: Path
+) -> Prepared:
+    """The claim volume becomes ``artifacts``; every other volume a fresh folder of the pod."""
+    container = pod_spec["containers"][0]
+    volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
+    home = scratch / pod_name
+    home.mkdir(parents=True, exist_ok=True)
+    mounts: dict[str, Path] = {}
+    for m in container.get("volumeMounts") or []:
+        vol = volumes[m["name"]]
+        if "persistentVolumeClaim" in vol:
+            mounts[m["mountPath"]] = artifacts
+        else:
+            d = home / m["name"]
+            d.mkdir(exist_ok=True)
+            mounts[m["mountPath"]] = d
+    term = home / "termination-log"
+    mounts[container.get("terminationMessagePath", "/dev/termination-log")] = term
+    prepared = Prepared(mounts=mounts, args=[], termination=term)
+    prepared.args = [prepared.map(a) for a in container.get("args", [])]
+    return prepared
+
+
+async def invoke(
+    command: list[str], args: list[str], env: dict[str, str], in_process: bool
+) -> tuple[int, str]:
+    """Run ``eva ARGS`` as a step container would: in this process, or as a subprocess."""
+    assert command == ["eva"], command
+    if in_process:
+        return await asyncio.to_thread(_invoke_in_process, args, env)
+    exe = shutil.which("eva") or str(Path(sys.executable).parent / "eva")
+    full_env = {"PATH": os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1", **env}
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        *args,
+        env=full_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await proc.communicate()
+    except asyncio.CancelledError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(errors="replace")
 
 
 def _invoke_in_process(args: list[str], env: dict[str, str]) -> tuple[int, str]:

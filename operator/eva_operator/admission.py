@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from eva_operator.jobs import StepDefaults
+from eva_operator.jobs import NO_CLAIM, StepDefaults, artifact_claim
 from eva_runtime.spec import SpecError, parse_run, spec_changes
 
 
 def _manifest(body: dict[str, Any]) -> dict[str, Any]:
-    meta = body.get("metadata") or {}
+    meta = body.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
     return {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
@@ -28,20 +29,29 @@ def review(
     old: dict[str, Any] | None,
     defaults: StepDefaults | None = None,
 ) -> list[str]:
-    """Every reason to refuse this CREATE or UPDATE (empty: admit it)."""
+    """Every reason to refuse this CREATE or UPDATE (empty: admit it).
+
+    An update that leaves the spec as it was (finalizers, labels, annotations: kopf's own
+    bookkeeping) and any write to an object being deleted pass: rules that arrived after a
+    run was created must never make it impossible to finish or delete.
+    """
     if operation not in ("CREATE", "UPDATE"):
+        return []
+    if not isinstance(body, dict):
+        return ["the object is not a JSON object"]
+    meta = body.get("metadata")
+    if operation == "UPDATE" and (
+        (isinstance(meta, dict) and meta.get("deletionTimestamp"))
+        or (isinstance(old, dict) and old.get("spec") == body.get("spec"))
+    ):
         return []
     try:
         new = parse_run(_manifest(body))
     except SpecError as exc:
         return list(exc.errors)
     problems: list[str] = []
-    d = defaults or StepDefaults()
-    if not (new.spec.storage.claim_name or d.claim_name):
-        problems.append(
-            "spec.storage.claimName: required in this cluster (the operator has no default "
-            "artifact claim); name a PersistentVolumeClaim in the run's namespace"
-        )
+    if not artifact_claim(new, defaults or StepDefaults()):
+        problems.append(NO_CLAIM)
     if operation == "UPDATE" and old is not None:
         started = bool((old.get("status") or {}).get("phase"))
         try:

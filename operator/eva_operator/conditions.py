@@ -22,6 +22,9 @@ COND_RUNNING = "Running"
 COND_SUSPENDED = "Suspended"
 COND_SUCCEEDED = "Succeeded"
 COND_FAILED = "Failed"
+# True while the current step cannot make progress by itself (its pods are refused, cannot be
+# scheduled or cannot pull their image); the run fails if it lasts past the pending deadline.
+COND_STEP_BLOCKED = "StepBlocked"
 
 # --------------------------------------------------------------------------- reasons
 # Used both as condition reasons and as Event reasons.
@@ -34,6 +37,10 @@ POD_PENDING_TOO_LONG = "PodPendingTooLong"  # a pod stayed Pending past pendingD
 PODS_NOT_CREATED = "PodsNotCreated"  # a Job made no pod within pendingDeadlineSeconds
 DEADLINE_EXCEEDED = "DeadlineExceeded"  # the run ran past runPolicy.activeDeadlineSeconds
 INVALID_SPEC = "InvalidSpec"  # the spec fails validation (e.g. applied without the webhook)
+# The run needs what this API server lacks (Indexed Jobs, Job suspend: Kubernetes 1.22+).
+UNSUPPORTED_BY_CLUSTER = "UnsupportedByCluster"
+POD_PENDING = "PodPending"  # StepBlocked: a pod cannot be scheduled or cannot start
+PROGRESSING = "Progressing"  # StepBlocked cleared: the step's pods exist and can run
 JOB_REJECTED = "JobRejected"  # the API server refused a step Job (e.g. a bad affinity)
 SUSPENDED_REASON = "Suspended"  # runPolicy.suspend was set
 RESUMED = "Resumed"  # runPolicy.suspend was cleared; the run continues at the same step

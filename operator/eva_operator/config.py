@@ -32,10 +32,26 @@ def _opt(name: str) -> str | None:
     return os.environ.get(name, "").strip() or None
 
 
+def _int(name: str, default: int, low: int = 0, high: int = 65535) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r}: not an integer") from None
+    if not low <= value <= high:
+        raise ValueError(f"environment variable {name}={value}: must be in {low}..{high}")
+    return value
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     # Namespaces to watch; empty = the whole cluster.        EVA_WATCH_NAMESPACES (a,b)
     namespaces: tuple[str, ...] = ()
+    # Address the metrics, health and webhook servers listen on.
+    #                                                         EVA_OPERATOR_BIND_ADDRESS
+    bind_address: str = "0.0.0.0"
     # Port of /metrics.                                       EVA_OPERATOR_METRICS_PORT
     metrics_port: int = 8080
     # Port of the liveness endpoint /healthz (0: off).       EVA_OPERATOR_HEALTH_PORT
@@ -50,12 +66,21 @@ class OperatorConfig:
     # cert-manager mode: folder with tls.crt and tls.key.     EVA_WEBHOOK_CERT_DIR
     webhook_cert_dir: str = "/certs"
     # self-managed mode: the Service (name, namespace; port 443) that the API server calls,
-    # and the ValidatingWebhookConfiguration kopf keeps up to date (with its own CA).
+    # and the ValidatingWebhookConfiguration the operator keeps up to date (with its own CA).
     #            EVA_WEBHOOK_SERVICE, EVA_WEBHOOK_NAMESPACE (default: POD_NAMESPACE),
     #            EVA_WEBHOOK_CONFIGURATION
     webhook_service: str = "eva-operator-webhook"
     webhook_namespace: str = "default"
     webhook_configuration: str = "eva-operator.eva.dev"
+    # self-managed mode: advertise this https URL instead of the Service (an operator that
+    # runs outside the cluster; its certificate names the URL's host).  EVA_WEBHOOK_URL
+    webhook_url: str | None = None
+    # What the API server does when the webhook cannot be reached: Ignore (admit; the
+    # operator still fails an invalid run with InvalidSpec) or Fail (refuse every EvaRun
+    # write while the operator is down).                    EVA_WEBHOOK_FAILURE_POLICY
+    webhook_failure_policy: str = "Ignore"
+    # Seconds the API server waits for the webhook (1-30).  EVA_WEBHOOK_TIMEOUT_SECONDS
+    webhook_timeout_seconds: int = 10
     # Defaults for step pods (an EvaRun's own values win):
     #   EVA_STEP_IMAGE, EVA_STEP_IMAGE_PULL_POLICY, EVA_STEP_IMAGE_PULL_SECRETS (a,b),
     #   EVA_STEP_SERVICE_ACCOUNT, EVA_ARTIFACT_CLAIM, EVA_STEP_NODE_SELECTOR (JSON),
@@ -86,16 +111,33 @@ class OperatorConfig:
             raise ValueError(
                 f"EVA_WEBHOOK_MODE={mode!r}: one of off, cert-manager, self-managed, insecure"
             )
+        policy = (_opt("EVA_WEBHOOK_FAILURE_POLICY") or "Ignore").capitalize()
+        if policy not in ("Ignore", "Fail"):
+            raise ValueError(f"EVA_WEBHOOK_FAILURE_POLICY={policy!r}: one of Ignore, Fail")
+        url = _opt("EVA_WEBHOOK_URL")
+        if url is not None and not url.startswith("https://"):
+            raise ValueError(f"EVA_WEBHOOK_URL={url!r}: must be an https:// URL")
+        resync = os.environ.get("EVA_OPERATOR_RESYNC_SECONDS", "").strip() or "60"
+        try:
+            resync_seconds = float(resync)
+        except ValueError:
+            raise ValueError(f"EVA_OPERATOR_RESYNC_SECONDS={resync!r}: not a number") from None
+        if not 0 < resync_seconds < float("inf"):
+            raise ValueError(f"EVA_OPERATOR_RESYNC_SECONDS={resync!r}: must be positive")
         return cls(
             namespaces=_list("EVA_WATCH_NAMESPACES"),
-            metrics_port=int(os.environ.get("EVA_OPERATOR_METRICS_PORT", "8080")),
-            health_port=int(os.environ.get("EVA_OPERATOR_HEALTH_PORT", "8081")),
-            resync_seconds=float(os.environ.get("EVA_OPERATOR_RESYNC_SECONDS", "60")),
+            bind_address=_opt("EVA_OPERATOR_BIND_ADDRESS") or "0.0.0.0",
+            metrics_port=_int("EVA_OPERATOR_METRICS_PORT", 8080),
+            health_port=_int("EVA_OPERATOR_HEALTH_PORT", 8081),
+            resync_seconds=resync_seconds,
             webhook_mode=mode,
-            webhook_port=int(os.environ.get("EVA_WEBHOOK_PORT", "9443")),
+            webhook_port=_int("EVA_WEBHOOK_PORT", 9443, low=1),
             webhook_cert_dir=os.environ.get("EVA_WEBHOOK_CERT_DIR", "/certs"),
             webhook_service=_opt("EVA_WEBHOOK_SERVICE") or "eva-operator-webhook",
             webhook_namespace=_opt("EVA_WEBHOOK_NAMESPACE") or _opt("POD_NAMESPACE") or "default",
             webhook_configuration=_opt("EVA_WEBHOOK_CONFIGURATION") or "eva-operator.eva.dev",
+            webhook_url=url,
+            webhook_failure_policy=policy,
+            webhook_timeout_seconds=_int("EVA_WEBHOOK_TIMEOUT_SECONDS", 10, low=1, high=30),
             steps=steps,
         )

@@ -21,7 +21,7 @@ from eva_operator.jobs import LABEL_RUN
 from eva_operator.kube import Kube, jobs_path
 from eva_operator.metrics import OperatorMetrics
 from eva_operator.reconciler import Reconciler
-from eva_operator.webhook import ServiceWebhookServer
+from eva_operator.webhook import WEBHOOK_ID, ManagedWebhookServer
 
 log = logging.getLogger("eva_operator")
 
@@ -42,11 +42,12 @@ def _state(memo: Any) -> OperatorState:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cfg = getattr(memo, "config", None) or OperatorConfig.from_env()
     metrics = getattr(memo, "metrics", None) or OperatorMetrics()
+    kube = Kube()
     memo.eva = OperatorState(
         config=cfg,
         metrics=metrics,
         reconciler=Reconciler(
-            kube=Kube(),
+            kube=kube,
             defaults=cfg.steps,
             metrics=metrics,
             mlflow_uri=cfg.steps.mlflow_tracking_uri,
@@ -70,19 +71,26 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     elif cfg.webhook_mode == "cert-manager":
         cert = Path(cfg.webhook_cert_dir)
         settings.admission.server = kopf.WebhookServer(
-            addr="0.0.0.0",
+            addr=cfg.bind_address,
             port=cfg.webhook_port,
             certfile=str(cert / "tls.crt"),
             pkeyfile=str(cert / "tls.key"),
         )
     elif cfg.webhook_mode == "self-managed":
-        settings.admission.server = ServiceWebhookServer(
-            addr="0.0.0.0",
+        # The operator keeps its ValidatingWebhookConfiguration itself (not kopf's managed
+        # mode, which needs a MutatingWebhookConfiguration too): see webhook.py.
+        settings.admission.server = ManagedWebhookServer(
+            kube=kube,
+            configuration=cfg.webhook_configuration,
+            addr=cfg.bind_address,
             port=cfg.webhook_port,
             service=cfg.webhook_service,
             namespace=cfg.webhook_namespace,
+            url=cfg.webhook_url,
+            failure_policy=cfg.webhook_failure_policy,
+            timeout_seconds=cfg.webhook_timeout_seconds,
+            namespaces=cfg.namespaces,
         )
-        settings.admission.managed = cfg.webhook_configuration
 
 
 async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -204,7 +212,11 @@ async def admit(
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    problems = review(operation, dict(body), dict(old) if old else None, _state(memo).config.steps)
+    cfg = _state(memo).config
+    namespace = (body.get("metadata") or {}).get("namespace")
+    if cfg.namespaces and namespace not in cfg.namespaces:
+        return  # another install's run (servers before 1.21 cannot select by namespace)
+    problems = review(operation, dict(body), dict(old) if old else None, cfg.steps)
     if problems:
         raise kopf.AdmissionError("invalid EvaRun:\n" + "\n".join(problems), code=422)
 
@@ -242,6 +254,6 @@ def registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     if config.webhook_mode != "off":
         # The id is the webhook's URL path (/admit): the chart's cert-manager mode names it.
         kopf.on.validate(
-            GROUP, VERSION, PLURAL, id="admit", operations=["CREATE", "UPDATE"], registry=reg
+            GROUP, VERSION, PLURAL, id=WEBHOOK_ID, operations=["CREATE", "UPDATE"], registry=reg
         )(admit)
     return reg

@@ -56,6 +56,18 @@ class StepDefaults:
     gpu_resource: str = "nvidia.com/gpu"
 
 
+NO_CLAIM = (
+    "spec.storage.claimName: required in this cluster (the operator has no default artifact "
+    "claim); name a PersistentVolumeClaim in the run's namespace, or install the operator "
+    "with one (chart value artifacts.claimName or artifacts.pvc.create)"
+)
+
+
+def artifact_claim(run: EvaRun, defaults: StepDefaults) -> str | None:
+    """The claim step pods mount: the run's own, else the install's default."""
+    return run.spec.storage.claim_name or defaults.claim_name
+
+
 def job_name(run: str, iteration: int, step: str, attempt: int = 0) -> str:
     """``<run>-i<t>-<step>`` (``-r<k>`` for the k-th retry), hash-shortened past 63 characters."""
     suffix = f"-i{iteration}-{step}" + (f"-r{attempt}" if attempt else "")
@@ -183,12 +195,9 @@ def build_job(
     }
     if r.queue_name:
         labels[LABEL_QUEUE] = r.queue_name
-    claim = s.storage.claim_name or d.claim_name
+    claim = artifact_claim(run, d)
     if not claim:
-        raise ValueError(
-            "spec.storage.claimName: no artifact claim (set it, or install the operator with "
-            "a default claim)"
-        )
+        raise ValueError(NO_CLAIM)
     args = [
         "phase",
         step,

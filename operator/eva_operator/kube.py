@@ -31,6 +31,21 @@ class KubeError(Exception):
         return self.status == 429 or self.status >= 500
 
 
+def parse_version(info: dict[str, Any]) -> tuple[int, int]:
+    """(major, minor) of a ``/version`` answer; minor may carry a suffix (``"20+"``)."""
+
+    def number(value: Any) -> int:
+        digits = "".join(ch for ch in str(value or "") if ch.isdigit())
+        return int(digits) if digits else 0
+
+    major, minor = number(info.get("major")), number(info.get("minor"))
+    if not major:  # a build without version stamps: read gitVersion (v1.20.2)
+        parts = str(info.get("gitVersion", "")).lstrip("v").split(".")
+        major = number(parts[0]) if parts else 0
+        minor = number(parts[1]) if len(parts) > 1 else 0
+    return major, minor
+
+
 def jobs_path(namespace: str, name: str | None = None) -> str:
     base = f"/apis/batch/v1/namespaces/{namespace}/jobs"
     return f"{base}/{name}" if name else base
@@ -38,6 +53,10 @@ def jobs_path(namespace: str, name: str | None = None) -> str:
 
 def pods_path(namespace: str) -> str:
     return f"/api/v1/namespaces/{namespace}/pods"
+
+
+def events_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/events"
 
 
 def run_path(namespace: str, name: str, subresource: str | None = None) -> str:
@@ -53,6 +72,7 @@ class Kube:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._retired: list[aiohttp.ClientSession] = []
+        self._version: tuple[int, int] | None = None
 
     @property
     def server(self) -> str:
@@ -137,11 +157,24 @@ class Kube:
     async def get(self, path: str) -> dict[str, Any]:
         return await self.request("GET", path)
 
+    async def server_version(self) -> tuple[int, int]:
+        """The API server's (major, minor) version, read once (``/version``)."""
+        if self._version is None:
+            self._version = parse_version(await with_retries(lambda: self.get("/version")))
+        return self._version
+
     async def list(
-        self, collection: str, label_selector: str | None = None
+        self,
+        collection: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        data = await self.request("GET", collection, params=params)
+        params = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        data = await self.request("GET", collection, params=params or None)
         return list(data.get("items") or [])
 
     async def post_event(

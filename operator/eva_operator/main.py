@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "-A", "--all-namespaces", action="store_true", help="watch the whole cluster (default)"
     )
     p.add_argument(
+        "--bind-address",
+        help="address the metrics, health and webhook servers listen on "
+        "[EVA_OPERATOR_BIND_ADDRESS=0.0.0.0]",
+    )
+    p.add_argument(
         "--metrics-port", type=int, help="/metrics port [EVA_OPERATOR_METRICS_PORT=8080]"
     )
     p.add_argument(
@@ -46,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["EVA_WATCH_NAMESPACES"] = ",".join(args.namespace)
     if args.all_namespaces:
         os.environ["EVA_WATCH_NAMESPACES"] = ""
+    if args.bind_address is not None:
+        os.environ["EVA_OPERATOR_BIND_ADDRESS"] = args.bind_address
     if args.metrics_port is not None:
         os.environ["EVA_OPERATOR_METRICS_PORT"] = str(args.metrics_port)
     if args.health_port is not None:
@@ -66,8 +73,17 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics = OperatorMetrics()
     if cfg.metrics_port:
-        start_http_server(cfg.metrics_port, registry=metrics.registry)
-    liveness = f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None
+        try:
+            start_http_server(cfg.metrics_port, addr=cfg.bind_address, registry=metrics.registry)
+        except OSError as exc:
+            print(
+                f"eva-operator: cannot serve /metrics on {cfg.bind_address}:{cfg.metrics_port}: "
+                f"{exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+    host = f"[{cfg.bind_address}]" if ":" in cfg.bind_address else cfg.bind_address
+    liveness = f"http://{host}:{cfg.health_port}/healthz" if cfg.health_port else None
     asyncio.run(
         kopf.operator(
             clusterwide=not cfg.namespaces,

@@ -63,6 +63,12 @@ class OperatorMetrics:
             "Reconciliations that raised (retried with backoff)",
             registry=r,
         )
+        self.status_conflicts = Counter(
+            "eva_operator_status_conflicts_total",
+            "Status writes refused with 409 because the run changed since it was read "
+            "(planned again at once)",
+            registry=r,
+        )
         self.reward = Gauge(
             "eva_operator_run_heldout_reward",
             "Held-out reward of each EvaRun's newest policy",

@@ -19,7 +19,9 @@ from typing import Any
 from eva_operator import conditions as c
 from eva_operator.jobs import (
     CONTAINER,
+    NO_CLAIM,
     StepDefaults,
+    artifact_claim,
     build_job,
     job_name,
     run_dir,
@@ -66,6 +68,38 @@ STUCK_REASONS = frozenset(
 )
 # Counts that add up over the shards of a generation step.
 ADDITIVE = ("prompts", "responses", "tokens", "truncated")
+
+
+@dataclass(frozen=True)
+class ServerFeatures:
+    """What the API server offers that some runs need (read from ``/version`` at start)."""
+
+    version: tuple[int, int] = (1, 99)
+
+    @property
+    def indexed_jobs(self) -> bool:  # completionMode: Indexed, on by default from 1.22
+        return self.version >= (1, 22)
+
+    @property
+    def job_suspend(self) -> bool:  # Job.spec.suspend (how Kueue admits Jobs), from 1.22
+        return self.version >= (1, 22)
+
+
+def unsupported(run: EvaRun, server: ServerFeatures) -> list[str]:
+    """What this run needs that the server lacks (it would silently get the wrong Jobs)."""
+    where = f"this API server is Kubernetes {server.version[0]}.{server.version[1]}"
+    out = []
+    if run.spec.generation.shards > 1 and not server.indexed_jobs:
+        out.append(
+            f"spec.generation.shards: {run.spec.generation.shards} needs Indexed Jobs "
+            f"(Kubernetes 1.22+) and {where}; use shards: 1 here"
+        )
+    if run.spec.resources.queue_name and not server.job_suspend:
+        out.append(
+            f"spec.resources.queueName: a Kueue queue admits Jobs through Job suspend "
+            f"(Kubernetes 1.22+) and {where}; remove queueName here"
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -260,8 +294,15 @@ def plan(
     pods: list[dict[str, Any]],
     now: datetime,
     defaults: StepDefaults | None = None,
+    *,
+    events: list[dict[str, Any]] | None = None,
+    server: ServerFeatures | None = None,
 ) -> Actions:
-    """The next status of ``run`` and what to create, delete and announce to get there."""
+    """The next status of ``run`` and what to create, delete and announce to get there.
+
+    ``events`` are the Kubernetes Events about the current step's Job (why its pods cannot
+    be created); ``server`` says what the API server supports.
+    """
     old = run.get("status") or {}
     status = copy.deepcopy(old)
     acts = Actions(status=status)
@@ -281,6 +322,13 @@ def plan(
         er = parse_run({k: run.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
     except SpecError as exc:
         fail(acts, c.INVALID_SPEC, "; ".join(exc.errors), ts, generation)
+        return acts
+    if not artifact_claim(er, defaults or StepDefaults()):
+        fail(acts, c.INVALID_SPEC, NO_CLAIM, ts, generation)
+        return acts
+    missing = unsupported(er, server or ServerFeatures())
+    if missing:
+        fail(acts, c.UNSUPPORTED_BY_CLUSTER, "; ".join(missing), ts, generation)
         return acts
     if not status.get("phase"):
         status["phase"] = c.PENDING
@@ -399,7 +447,7 @@ def plan(
                 )
                 acts.events.append(Event("Warning", c.STEP_RETRYING, msg))
                 # The next attempt starts in this same plan.
-                return _again(acts, run, status, jobs, pods, now, defaults)
+                return _again(acts, run, status, jobs, pods, now, defaults, events, server)
             fail(
                 acts,
                 c.BACKOFF_LIMIT_EXCEEDED,
@@ -418,9 +466,16 @@ def plan(
             acts.delete.append(name)
             acts.failed_jobs.append((step, reason))
             fail(acts, reason, stuck, ts, generation)
+            return acts
+        blocked = _blocked(job, mine, events or [])
+        if blocked is not None:
+            _set_blocked(acts, blocked[0], blocked[1], ts, generation)
+        elif mine:
+            _clear_blocked(acts, f"the pods of Job {name} exist and can run", ts, generation)
         return acts
 
     # Every step complete.
+    _clear_blocked(acts, "every step is complete", ts, generation)
     status.update({"phase": c.SUCCEEDED, "completionTime": ts, "attempt": 0})
     status.pop("job", None)
     msg = f"{er.spec.iterations} iterations complete" + _brief(
@@ -436,6 +491,54 @@ def plan(
     return acts
 
 
+def _blocked(
+    job: JobView, pods: list[PodView], events: list[dict[str, Any]]
+) -> tuple[str, str] | None:
+    """(reason, message) while the Job's pods are refused or cannot start, else None."""
+    for p in pods:
+        if p.phase == "Pending" and (p.unschedulable or p.waiting_reason in STUCK_REASONS):
+            why = p.waiting_reason or "Unschedulable"
+            detail = p.waiting_message or p.unschedulable
+            return c.POD_PENDING, f"pod {p.name} of Job {job.name}: {why}" + (
+                f": {detail}" if detail else ""
+            )
+    if pods:
+        return None
+    refused = [
+        e
+        for e in events
+        if e.get("reason") == "FailedCreate"
+        and (e.get("involvedObject") or {}).get("name") == job.name
+    ]
+    if not refused:
+        return None
+    last = max(refused, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return c.PODS_NOT_CREATED, (
+        f"Job {job.name} cannot create its pods: {last.get('message') or 'FailedCreate'}"
+    )
+
+
+def _set_blocked(acts: Actions, reason: str, message: str, ts: str, gen: int | None) -> None:
+    status = acts.status
+    old = c.condition(status["conditions"], c.COND_STEP_BLOCKED) or {}
+    if old.get("status") == "True" and old.get("message") == message:
+        return
+    status["conditions"] = c.set_condition(
+        status["conditions"], c.COND_STEP_BLOCKED, True, reason, message, ts, gen
+    )
+    acts.events.append(Event("Warning", reason, message))
+
+
+def _clear_blocked(acts: Actions, message: str, ts: str, gen: int | None) -> None:
+    status = acts.status
+    old = c.condition(status["conditions"], c.COND_STEP_BLOCKED)
+    if old is None or old.get("status") != "True":
+        return
+    status["conditions"] = c.set_condition(
+        status["conditions"], c.COND_STEP_BLOCKED, False, c.PROGRESSING, message, ts, gen
+    )
+
+
 def _start_step(
     acts: Actions,
     t: int,
@@ -447,6 +550,7 @@ def _start_step(
     generation: int | None,
 ) -> None:
     status = acts.status
+    _clear_blocked(acts, f"iteration {t} step {step} started", ts, generation)
     if status.get("phase") == c.SUCCEEDED:  # more iterations were asked for: not done after all
         msg = f"continuing with iteration {t}"
         status["conditions"] = c.set_condition(
@@ -480,9 +584,11 @@ def _again(
     pods: list[dict[str, Any]],
     now: datetime,
     defaults: StepDefaults | None,
+    events: list[dict[str, Any]] | None,
+    server: ServerFeatures | None,
 ) -> Actions:
     """Plan once more from the updated status and merge the answers (a retry starts now)."""
-    nxt = plan({**run, "status": status}, jobs, pods, now, defaults)
+    nxt = plan({**run, "status": status}, jobs, pods, now, defaults, events=events, server=server)
     nxt.events[:0] = acts.events
     nxt.delete[:0] = acts.delete
     nxt.create[:0] = acts.create
@@ -530,6 +636,8 @@ def _no_pods(job: JobView, now: datetime, deadline: int | None) -> str | None:
 def fail(acts: Actions, reason: str, message: str, ts: str, generation: int | None) -> None:
     s = acts.status
     s.update({"phase": c.FAILED, "reason": reason, "message": message, "completionTime": ts})
+    s["conditions"] = s.get("conditions") or []
+    _clear_blocked(acts, "the run failed", ts, generation)
     s["conditions"] = c.set_condition(
         s.get("conditions") or [], c.COND_RUNNING, False, reason, message, ts, generation
     )

@@ -20,11 +20,31 @@ import aiohttp
 
 from eva_operator import conditions as c
 from eva_operator.jobs import StepDefaults
-from eva_operator.kube import Kube, KubeError, jobs_path, pods_path, run_path, with_retries
+from eva_operator.kube import (
+    Kube,
+    KubeError,
+    events_path,
+    jobs_path,
+    pods_path,
+    run_path,
+    with_retries,
+)
 from eva_operator.metrics import OperatorMetrics
-from eva_operator.plan import Actions, fail, observe_job, observe_pod, parse_time, plan, rfc3339
+from eva_operator.plan import (
+    Actions,
+    ServerFeatures,
+    fail,
+    observe_job,
+    observe_pod,
+    parse_time,
+    plan,
+    rfc3339,
+)
 
 log = logging.getLogger("eva_operator")
+
+# How often a step whose Job has made no pod yet is looked at again (its FailedCreate Events).
+NO_POD_RECHECK_SECONDS = 5.0
 
 # (namespace, run) -> the Jobs / Pods of that run, as kopf's indexes keep them.
 Lookup = Callable[[str, str], Iterable[dict[str, Any]]]
@@ -120,15 +140,26 @@ class Reconciler:
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
+            except KubeError as exc:
+                if exc.status != 409:
+                    self._retry_later(namespace, name, backoff, exc)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                # The run changed between our read and our status write: plan again from
+                # what is stored now (the write carried the resourceVersion it was based on).
+                log.info("status of %s/%s changed meanwhile; planning again", namespace, name)
+                self.metrics.status_conflicts.inc()
+                st.dirty = True
             except Exception as exc:  # the API or the network: try again shortly
-                self.metrics.reconcile_errors.inc()
-                log.warning(
-                    "reconcile %s/%s failed, retrying in %.1fs: %s", namespace, name, backoff, exc
-                )
-                self.poke_later(namespace, name, backoff)
+                self._retry_later(namespace, name, backoff, exc)
                 backoff = min(backoff * 2, 30.0)
             finally:
                 self.metrics.reconcile.observe(time.perf_counter() - started)
+
+    def _retry_later(self, namespace: str, name: str, delay: float, exc: Exception) -> None:
+        self.metrics.reconcile_errors.inc()
+        log.warning("reconcile %s/%s failed, retrying in %.1fs: %s", namespace, name, delay, exc)
+        self.poke_later(namespace, name, delay)
 
     # ------------------------------------------------------------------ one reconciliation
 
@@ -147,9 +178,11 @@ class Reconciler:
         jobs += list(unseen.values())
         pods = [dict(p) for p in self.pods_of(namespace, name)]
         pods = await self._with_finished_pods(namespace, run, jobs, pods)
+        events = await self._events_of_podless_job(namespace, run, jobs, pods)
         now = datetime.now(UTC)
         old_status = run.get("status") or {}
-        acts = plan(run, jobs, pods, now, self.defaults)
+        server = ServerFeatures(await self.kube.server_version())
+        acts = plan(run, jobs, pods, now, self.defaults, events=events, server=server)
 
         for job in acts.delete:
             unseen.pop(job, None)
@@ -157,11 +190,12 @@ class Reconciler:
         for manifest in acts.create:
             await self._create_job(namespace, manifest, acts)
         if acts.changed(old_status):
-            patch = merge_patch(old_status, acts.status)
+            patch = {"status": merge_patch(old_status, acts.status)}
+            version = (run.get("metadata") or {}).get("resourceVersion")
+            if version:  # a precondition: 409 if anyone wrote the run since we read it
+                patch["metadata"] = {"resourceVersion": version}
             await with_retries(
-                lambda: self.kube.merge_patch(
-                    run_path(namespace, name, "status"), {"status": patch}
-                )
+                lambda: self.kube.merge_patch(run_path(namespace, name, "status"), patch)
             )
         for ev in acts.events:
             try:
@@ -226,11 +260,35 @@ class Reconciler:
         mine = [p for p in pods if observe_pod(p).job == current]
         if any(observe_pod(p).termination_message for p in mine):
             return pods
+        # `job-name` is set by every Kubernetes version (batch.kubernetes.io/job-name: 1.27+).
         listed = await with_retries(
-            lambda: self.kube.list(pods_path(namespace), f"batch.kubernetes.io/job-name={current}")
+            lambda: self.kube.list(pods_path(namespace), f"job-name={current}")
         )
         fresh = [p for p in listed if observe_pod(p).job == current]
         return [p for p in pods if observe_pod(p).job != current] + fresh
+
+    async def _events_of_podless_job(
+        self,
+        namespace: str,
+        run: dict[str, Any],
+        jobs: list[dict[str, Any]],
+        pods: list[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """The Events of the current Job while it has no pod: why the API refuses its pods."""
+        current = (run.get("status") or {}).get("job")
+        job = next((j for j in jobs if (j.get("metadata") or {}).get("name") == current), None)
+        if job is None or observe_job(job).state != "active":
+            return []
+        if any(observe_pod(p).job == current for p in pods):
+            return []
+        selector = f"involvedObject.kind=Job,involvedObject.name={current}"
+        try:
+            return await with_retries(
+                lambda: self.kube.list(events_path(namespace), field_selector=selector)
+            )
+        except KubeError as exc:  # e.g. an install without `list` on events: no detail
+            log.info("events of Job %s/%s not read: %s", namespace, current, exc)
+            return []
 
     # ------------------------------------------------------------------ MLflow
 
@@ -281,10 +339,19 @@ def _next_deadline(
     if active and started:
         waits.append(active - (now - started).total_seconds() + 0.5)
     pending = policy.get("pendingDeadlineSeconds", 600)
+    current = status.get("job")
+    mine = [p for p in map(observe_pod, pods) if p.job == current]
     if pending:
-        for p in map(observe_pod, pods):
-            if p.phase == "Pending" and p.job == status.get("job"):
+        for p in mine:
+            if p.phase == "Pending":
                 since = parse_time(p.created)
                 if since is not None:
                     waits.append(pending - (now - since).total_seconds() + 0.5)
+    job = next((j for j in jobs if (j.get("metadata") or {}).get("name") == current), None)
+    if job is not None and not mine and observe_job(job).state == "active":
+        # No pod yet: look again soon (FailedCreate Events), and at the pending deadline.
+        waits.append(NO_POD_RECHECK_SECONDS)
+        since = parse_time((job.get("metadata") or {}).get("creationTimestamp"))
+        if pending and since is not None:
+            waits.append(pending - (now - since).total_seconds() + 0.5)
     return min(waits) if waits else None

@@ -344,8 +344,8 @@ CHECK_SCRIPT = r"""
 import importlib.metadata as md, importlib.util, json, sys
 import eva_operator.main, eva_operator.handlers, eva_operator.plan
 import eva_operator.admission, eva_operator.reconciler, eva_operator.webhook
-from eva_operator.webhook import ServiceWebhookServer
-cert, key = ServiceWebhookServer.build_certificate(["eva-operator-webhook.eva.svc"])
+from eva_operator.webhook import ManagedWebhookServer
+cert, key = ManagedWebhookServer.build_certificate(["eva-operator-webhook.eva.svc"])
 print(json.dumps({
     "operator_file": eva_operator.main.__file__,
     "cert": cert.startswith(b"-----BEGIN CERTIFICATE-----"),

@@ -161,7 +161,8 @@ def test_schema_is_structural() -> None:
         for name in node.get("required", []):
             assert name in node["properties"], (path, name)
         if "default" in node:
-            assert isinstance(node["default"], (bool, int, float, str)), path
+            kind = dict if node["type"] == "object" else (bool, int, float, str)
+            assert isinstance(node["default"], kind), path
             assert not validate(node["default"], node), (path, node["default"])
 
 
@@ -273,10 +274,20 @@ def test_maps_free_form_blocks_and_open_models_keep_their_shape() -> None:
     assert "x-kubernetes-preserve-unknown-fields" not in at(s, "generation")
 
 
-def test_only_scalar_defaults_are_carried() -> None:
-    for path, node in walk(spec_schema()):
-        if node["type"] in ("object", "array"):
+def test_sections_default_to_objects_so_the_server_fills_their_fields() -> None:
+    """A structural default applies only where the parent exists: each optional section
+    defaults to an object (with what its default instance sets differently), lists never."""
+    s = spec_schema()
+    for path, node in walk(s):
+        if node["type"] == "array":
             assert "default" not in node, path
+        if node["type"] == "object" and "default" in node:
+            assert set(node["default"]) <= set(node.get("properties") or {}), path
+    for section in ("generation", "creator", "creator.evolve", "solver", "runPolicy"):
+        assert at(s, section)["default"] == {}, section
+    assert at(s, "resources.generate")["default"] == {"gpus": 1}
+    assert at(s, "resources.prepare")["default"] == {}
+    assert "default" not in at(s, "policy")  # required
 
 
 def test_status_schema_has_phases_conditions_and_history() -> None:

@@ -163,3 +163,27 @@ def test_a_fixed_field_change_and_an_invalid_value_are_both_reported() -> None:
 def test_delete_and_connect_are_always_admitted() -> None:
     assert review("DELETE", {}, body(RUNNING)) == []
     assert review("CONNECT", body(), None) == []
+
+
+def test_metadata_updates_and_objects_being_deleted_pass_rules_they_predate() -> None:
+    """A run admitted before a rule existed (here: no claim anywhere) can still get kopf's
+    finalizer and annotations, and be deleted; a spec change is judged as usual."""
+    old = body(RUNNING, storage={"claimName": None})
+    meta_only = copy.deepcopy(old)
+    meta_only["metadata"]["finalizers"] = ["eva.dev/cleanup"]
+    meta_only["metadata"]["annotations"] = {"eva.dev/last-handled-configuration": "{}"}
+    assert review("UPDATE", meta_only, old) == []
+    deleting = copy.deepcopy(old)
+    deleting["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    deleting["metadata"]["finalizers"] = []
+    assert review("UPDATE", deleting, old) == []
+    respec = changed(old, "iterations", 5)
+    assert any("claimName: required" in p for p in review("UPDATE", respec, old))
+
+
+def test_a_malformed_body_is_refused_not_crashed_on() -> None:
+    assert review("CREATE", "a string", None) == ["the object is not a JSON object"]  # type: ignore[arg-type]
+    problems = review(
+        "CREATE", {"apiVersion": "eva.dev/v1alpha1", "kind": "EvaRun", "metadata": []}, None
+    )
+    assert problems and all(isinstance(p, str) for p in problems)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eva_operator.jobs import StepDefaults
-from eva_operator.plan import Actions, observe_pod, plan, rfc3339, step_summary
+from eva_operator.plan import Actions, ServerFeatures, observe_pod, plan, rfc3339, step_summary
 from tiny_run import cluster_spec
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -502,3 +502,76 @@ def test_observe_pod_reads_waiting_reasons_and_unschedulable_conditions() -> Non
     legacy = pod("old", 0, "Running")
     legacy["metadata"]["labels"] = {"job-name": "old"}
     assert observe_pod(legacy).job == "old"
+
+
+def test_a_run_with_no_artifact_claim_anywhere_fails_as_invalid_spec() -> None:
+    sim = Sim(make_run({"storage": {"claimName": None}}))
+    acts = sim.plan()
+    assert acts.create == []
+    assert (sim.status["phase"], sim.status["reason"]) == ("Failed", "InvalidSpec")
+    assert sim.status["message"].startswith("spec.storage.claimName: required in this cluster")
+    assert ("Warning", "InvalidSpec") in reasons(acts)
+    sim.defaults = StepDefaults(claim_name="shared")  # the install's default claim is enough
+    sim2 = Sim(make_run({"storage": {"claimName": None}}))
+    sim2.defaults = sim.defaults
+    assert made(sim2.plan()) == ["demo-i0-prepare"]
+
+
+def test_an_old_server_fails_sharded_and_queued_runs_before_any_job() -> None:
+    old = ServerFeatures((1, 20))
+    for spec, field in (
+        ({}, "spec.generation.shards: 2 needs Indexed Jobs"),
+        ({"generation": {"shards": 1}, "resources": {"queueName": "gpus"}}, "queueName"),
+    ):
+        run = make_run(spec)
+        acts = plan(run, [], [], T0, StepDefaults(), server=old)
+        assert acts.create == [], field
+        assert acts.status["reason"] == "UnsupportedByCluster"
+        assert field in acts.status["message"] and "Kubernetes 1.20" in acts.status["message"]
+    unsharded = make_run({"generation": {"shards": 1}})
+    assert made(plan(unsharded, [], [], T0, StepDefaults(), server=old)) == ["demo-i0-prepare"]
+    assert made(plan(make_run(), [], [], T0, StepDefaults(), server=ServerFeatures((1, 22))))
+
+
+def failed_create(job: str, message: str) -> dict[str, Any]:
+    return {
+        "reason": "FailedCreate",
+        "type": "Warning",
+        "message": message,
+        "involvedObject": {"kind": "Job", "name": job},
+        "lastTimestamp": rfc3339(T0),
+    }
+
+
+def test_refused_pods_block_the_step_with_the_jobs_own_message_then_clear() -> None:
+    sim = Sim(make_run())
+    sim.plan()
+    refused = 'Error creating: serviceaccount "eva-step" not found'
+    events = [failed_create("demo-i0-prepare", refused), failed_create("other", "no")]
+    args = (sim.run, sim.jobs, sim.pods, T0 + timedelta(seconds=5), StepDefaults())
+    acts = plan(*copy.deepcopy(args), events=events)
+    blocked = cond(acts.status, "StepBlocked")
+    assert (blocked["status"], blocked["reason"]) == ("True", "PodsNotCreated")
+    assert blocked["message"] == f"Job demo-i0-prepare cannot create its pods: {refused}"
+    assert reasons(acts) == [("Warning", "PodsNotCreated")]
+    assert acts.status["phase"] == "Running"
+    # Planned again with the same refusal: nothing new to say.
+    again = plan({**sim.run, "status": acts.status}, sim.jobs, sim.pods, T0, events=events)
+    assert again.events == [] and again.status == acts.status
+    # The pods appear (the account was created): unblocked, not failed.
+    sim.run["status"] = acts.status
+    sim.pods.append(pod("demo-i0-prepare", 0, "Running"))
+    acts = sim.plan()
+    cleared = cond(acts.status, "StepBlocked")
+    assert (cleared["status"], cleared["reason"]) == ("False", "Progressing")
+
+
+def test_a_pod_that_cannot_start_blocks_the_step_before_its_deadline() -> None:
+    sim = Sim(make_run())
+    sim.plan()
+    sim.pods.append(pod("demo-i0-prepare", 0, "Pending", waiting=("ImagePullBackOff", "no tag")))
+    acts = sim.plan()
+    blocked = cond(acts.status, "StepBlocked")
+    assert (blocked["status"], blocked["reason"]) == ("True", "PodPending")
+    assert "ImagePullBackOff: no tag" in blocked["message"]
+    assert acts.status["phase"] == "Running"
