@@ -3,9 +3,10 @@
 The operator serves ``/admit`` over TLS with a self-signed certificate (made with
 ``cryptography``: kopf's default builder needs oscrypto, which cannot read OpenSSL 3's version
 string) and keeps one ValidatingWebhookConfiguration pointing at itself, with that
-certificate's CA bundle. It manages the configuration itself rather than through kopf's
-managed mode, which also creates a MutatingWebhookConfiguration (more RBAC, an object with no
-webhooks) and always writes ``failurePolicy: Fail``.
+certificate's CA bundle, its failure policy and, for a namespaced install, its namespaces. It
+manages the configuration itself rather than through kopf's managed mode, which also keeps a
+MutatingWebhookConfiguration (an object with no webhooks, and RBAC the chart would grant only
+for it) and exits the operator when it may not.
 
 The API server reaches an in-cluster operator through its Service; an operator that runs
 elsewhere (a development machine, the tests) advertises a URL instead.

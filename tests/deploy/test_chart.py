@@ -438,6 +438,12 @@ def test_default_settings_match_the_operator_defaults(monkeypatch: pytest.Monkey
     assert cfg.webhook_service == "eva-operator-webhook"
     assert cfg.webhook_namespace == NAMESPACE
     assert cfg.webhook_configuration == "eva-operator.eva.dev"
+    assert (cfg.webhook_url, cfg.webhook_failure_policy, cfg.webhook_timeout_seconds) == (
+        None,
+        "Ignore",
+        10,
+    )
+    assert cfg.bind_address == "0.0.0.0"
     s = cfg.steps
     assert s.image == "ghcr.io/eva-platform/eva-runtime:0.1.0"
     assert s.image_pull_policy == "IfNotPresent"

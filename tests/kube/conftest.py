@@ -57,6 +57,12 @@ class Installed:
 
     objects: list[dict[str, Any]]
     env: dict[str, str]
+    namespace: str = NAMESPACE
+
+    @property
+    def user(self) -> str:
+        """The operator's identity: its ServiceAccount."""
+        return f"system:serviceaccount:{self.namespace}:{RELEASE}"
 
 
 def deployment_env(objects: list[dict[str, Any]], namespace: str) -> dict[str, str]:
@@ -91,6 +97,19 @@ def installed(control_plane: ControlPlane) -> Installed:
     cp.kubectl("wait", "--for=condition=Established", "crd/evaruns.eva.dev", "--timeout=60s")
     objects = [o for o in yaml.safe_load_all(text) if o]
     return Installed(objects=objects, env=deployment_env(objects, NAMESPACE))
+
+
+@pytest.fixture(scope="session")
+def namespaced_install(control_plane: ControlPlane, installed: Installed) -> Installed:
+    """The chart with its namespaced values (ci/namespaced-values.yaml) in `eva-team`, beside
+    the cluster-wide install."""
+    namespace = "eva-team"
+    control_plane.kubectl("create", "namespace", namespace)
+    values = ROOT / "charts" / "eva-operator" / "ci" / "namespaced-values.yaml"
+    text = helm_template("--namespace", namespace, "-f", str(values))
+    control_plane.kubectl("apply", "-f", "-", stdin=text)
+    objects = [o for o in yaml.safe_load_all(text) if o]
+    return Installed(objects, deployment_env(objects, namespace), namespace)
 
 
 # --------------------------------------------------------------------------- the operator
@@ -149,9 +168,11 @@ class KEnv:
     async def start_operator(self, **env: str) -> OperatorProcess:
         """`eva-operator` as the Deployment runs it, with the chart ServiceAccount's token;
         listeners on 127.0.0.1 and the webhook advertised by URL (no Service routes here)."""
-        token = await self.api.token_for(NAMESPACE, RELEASE)
+        token = await self.api.token_for(self.installed.namespace, RELEASE)
         n = len(self.operators)
-        kubeconfig = self.cp.kubeconfig(self.tmp / f"operator-{n}.kubeconfig", token, NAMESPACE)
+        kubeconfig = self.cp.kubeconfig(
+            self.tmp / f"operator-{n}.kubeconfig", token, self.installed.namespace
+        )
         webhook, health, metrics = free_port(), free_port(), free_port()
         full = {
             **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")},
@@ -251,7 +272,7 @@ class KEnv:
 
     def operator_requests(self) -> list[dict[str, Any]]:
         """Audit events of the operator's requests during this test."""
-        return self.cp.audit(OPERATOR_USER)[self.audit_from :]
+        return self.cp.audit(self.installed.user)[self.audit_from :]
 
 
 async def _create_namespace(api: KubeApi, name: str, step_account: bool) -> None:
@@ -264,31 +285,27 @@ async def _create_namespace(api: KubeApi, name: str, step_account: bool) -> None
         )
 
 
-@pytest_asyncio.fixture
-async def kenv(
-    request: pytest.FixtureRequest,
-    control_plane: ControlPlane,
-    installed: Installed,
-    tmp_path: Path,
-    tiny_model: Path,
+@contextlib.asynccontextmanager
+async def environment(
+    cp: ControlPlane, installed: Installed, namespace: str, tmp: Path, model: Path
 ) -> AsyncIterator[KEnv]:
-    api = KubeApi(control_plane)
-    namespace = f"t-{uuid.uuid4().hex[:8]}"
-    marker = request.node.get_closest_marker("no_step_account")
-    await _create_namespace(api, namespace, step_account=marker is None)
-    artifacts = tmp_path / "pvc"
-    artifacts.mkdir()
-    node = StandInNode(api, artifacts, tmp_path / "pods")
+    """The stand-in node and room for operators, for runs in ``namespace``; on the way out
+    the RBAC check, then the runs, the operators and the node are cleaned up."""
+    api = KubeApi(cp)
+    tmp = tmp / namespace
+    artifacts = tmp / "pvc"
+    artifacts.mkdir(parents=True)
+    node = StandInNode(api, artifacts, tmp / "pods")
     node.start()
     env = KEnv(
-        cp=control_plane,
+        cp=cp,
         api=api,
         node=node,
         installed=installed,
         namespace=namespace,
-        tmp=tmp_path,
-        model=tiny_model,
-        audit_from=len(control_plane.audit(OPERATOR_USER)),
+        tmp=tmp,
+        model=model,
+        audit_from=len(cp.audit(installed.user)),
     )
     try:
         yield env
@@ -315,8 +332,39 @@ async def kenv(
         for op in env.operators:
             op.kill(signal.SIGTERM)
         await node.stop()
-        await api.call("DELETE", f"/api/v1/namespaces/{namespace}")
         await api.close()
+
+
+@pytest_asyncio.fixture
+async def kenv(
+    request: pytest.FixtureRequest,
+    control_plane: ControlPlane,
+    installed: Installed,
+    tmp_path: Path,
+    tiny_model: Path,
+) -> AsyncIterator[KEnv]:
+    """A fresh namespace (with the eva-step ServiceAccount unless the test is marked
+    ``no_step_account``) under the cluster-wide install."""
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    admin = KubeApi(control_plane)
+    try:
+        marker = request.node.get_closest_marker("no_step_account")
+        await _create_namespace(admin, namespace, step_account=marker is None)
+        async with environment(control_plane, installed, namespace, tmp_path, tiny_model) as env:
+            yield env
+        await admin.call("DELETE", f"/api/v1/namespaces/{namespace}")
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def team_env(
+    control_plane: ControlPlane, namespaced_install: Installed, tmp_path: Path, tiny_model: Path
+) -> AsyncIterator[KEnv]:
+    """Runs in the namespaced install's own namespace, for its operator."""
+    ns = namespaced_install.namespace
+    async with environment(control_plane, namespaced_install, ns, tmp_path, tiny_model) as env:
+        yield env
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -327,7 +375,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = outcome.get_result()
     if report.when != "call" or not report.failed:
         return
-    env = item.funcargs.get("kenv")
+    env = item.funcargs.get("kenv") or item.funcargs.get("team_env")
     cp = item.funcargs.get("control_plane") or (env.cp if env else None)
     if cp is not None:
         report.sections.append(("control plane logs", str(cp.logs)))

@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import NAMESPACE, RELEASE, helm_template
+from conftest import NAMESPACE, RELEASE
 from eva_runtime.spec import parse_run
-from kube_cluster import ROOT
 from operator_harness import Outcome, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(600)]
@@ -35,7 +34,9 @@ def leaves(doc: Any, prefix: str = "") -> dict[str, Any]:
 # --------------------------------------------------------------------------- install
 
 
-async def test_the_default_and_namespaced_installs_are_accepted(control_plane, installed) -> None:
+async def test_the_default_and_namespaced_installs_are_accepted(
+    control_plane, installed, namespaced_install
+) -> None:
     cp = control_plane
     crd = json.loads(cp.kubectl("get", "crd/evaruns.eva.dev", "-o", "json").stdout)
     conds = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
@@ -48,11 +49,6 @@ async def test_the_default_and_namespaced_installs_are_accepted(control_plane, i
     ):
         cp.kubectl("get", "-n", NAMESPACE, kind, name)
     # The namespaced values in their own namespace, beside the cluster-wide install.
-    cp.kubectl("create", "namespace", "eva-team")
-    text = helm_template(
-        "--namespace", "eva-team", "-f", str(ROOT / "charts/eva-operator/ci/namespaced-values.yaml")
-    )
-    cp.kubectl("apply", "-f", "-", stdin=text)
     role = json.loads(cp.kubectl("get", "-n", "eva-team", "role", RELEASE, "-o", "json").stdout)
     assert any("evaruns/finalizers" in r["resources"] for r in role["rules"])
 
@@ -241,3 +237,18 @@ async def test_deleting_an_evarun_removes_its_jobs_and_pods(kenv) -> None:
         await asyncio.sleep(0.1)
     assert await kenv.run() is None, "the finalizer was removed"
     assert not await kenv.jobs("tiny") and not await kenv.pods("tiny")
+
+
+async def test_a_namespaced_install_runs_its_namespace_only(team_env, kenv) -> None:
+    """scope: namespace (a Role, EVA_WATCH_NAMESPACES): its operator, under that Role, runs the
+    EvaRuns of its namespace and never touches another namespace's."""
+    env = team_env
+    assert env.installed.env["EVA_WATCH_NAMESPACES"] == "eva-team"
+    await env.start_operator()
+    await env.create(env.manifest("team-run"))
+    await kenv.create(kenv.manifest("elsewhere"))
+    status = await env.wait_phase("team-run", ("Succeeded", "Failed"), 300)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert await kenv.status("elsewhere") == {}, "another namespace's run was left alone"
+    touched = {e.get("objectRef", {}).get("namespace") for e in env.operator_requests()}
+    assert touched <= {"eva-team", None}, touched
