@@ -26,11 +26,11 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-API_VERSION = "eva.dev/v1alpha1"
+from eva_runtime.api import API_VERSION, KIND
+
 # The steps of one iteration, in order (``prepare`` runs once before iteration 0).
 STEPS = ("generate", "create", "generate-evolved", "train", "evaluate")
 PREPARE = "prepare"
-KIND = "EvaRun"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _FUNCTION_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from ._common import chat_messages, derive_seed
-from .generation import BackendError, Completion, ProgressCallback, SamplingParams
+from .protocol import BackendError, Completion, ProgressCallback, SamplingParams
 
 __all__ = ["OpenAIGenerator"]
 

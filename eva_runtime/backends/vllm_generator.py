@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._common import chat_messages, derive_seed, free_torch_memory
-from .generation import Completion, ProgressCallback, SamplingParams
+from .protocol import Completion, ProgressCallback, SamplingParams
 
 __all__ = ["VLLMGenerator"]
 

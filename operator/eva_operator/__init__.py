@@ -7,10 +7,6 @@ Pure decisions live in ``plan`` (what to do next), ``jobs`` (the Job manifests) 
 
 from __future__ import annotations
 
-GROUP = "eva.dev"
-VERSION = "v1alpha1"
-PLURAL = "evaruns"
-KIND = "EvaRun"
-API_VERSION = f"{GROUP}/{VERSION}"
+from eva_runtime.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 __all__ = ["API_VERSION", "GROUP", "KIND", "PLURAL", "VERSION"]

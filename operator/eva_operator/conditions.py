@@ -9,13 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 # --------------------------------------------------------------------------- phases
-PENDING = "Pending"  # accepted, no step started yet
-RUNNING = "Running"  # a step Job exists or is about to
-SUCCEEDED = "Succeeded"  # every step of every iteration complete
-FAILED = "Failed"  # terminal: see reason / message
-SUSPENDED = "Suspended"  # runPolicy.suspend is true; the running step's Job was stopped
-PHASES = (PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED)
-TERMINAL = (SUCCEEDED, FAILED)
+# Defined with the API (eva_runtime.api); re-exported here beside the reasons.
+from eva_runtime.api import (  # noqa: F401
+    FAILED,
+    PENDING,
+    PHASES,
+    RUNNING,
+    SUCCEEDED,
+    SUSPENDED,
+    TERMINAL,
+)
 
 # --------------------------------------------------------------------------- condition types
 COND_RUNNING = "Running"

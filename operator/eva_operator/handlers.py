@@ -17,11 +17,11 @@ import kopf
 from eva_operator import GROUP, PLURAL, VERSION
 from eva_operator.admission import review
 from eva_operator.config import OperatorConfig
-from eva_operator.jobs import LABEL_RUN
 from eva_operator.kube import Kube, jobs_path
 from eva_operator.metrics import OperatorMetrics
 from eva_operator.reconciler import Reconciler
 from eva_operator.webhook import WEBHOOK_ID, ManagedWebhookServer
+from eva_runtime.api import LABEL_RUN, TERMINAL
 
 log = logging.getLogger("eva_operator")
 
@@ -54,11 +54,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         ),
     )
     # Our own status and Events only: kopf keeps its bookkeeping in annotations.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="eva.dev")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="eva.dev", key="last-handled-configuration"
+        prefix=GROUP, key="last-handled-configuration"
     )
-    settings.persistence.finalizer = "eva.dev/cleanup"
+    settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     # Resources and namespaces are discovered once at start, not watched: the operator needs
@@ -198,7 +198,7 @@ async def run_deleted(
         job_name = (job.get("metadata") or {}).get("name")
         if job_name:
             await rec.kube.delete(jobs_path(namespace, job_name))
-    if status.get("phase") not in ("Succeeded", "Failed"):
+    if status.get("phase") not in TERMINAL:
         await rec.end_tracking(dict(body), dict(status), "KILLED")
 
 
@@ -225,7 +225,7 @@ async def admit(
 
 
 def _unfinished(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in ("Succeeded", "Failed")
+    return status.get("phase") not in TERMINAL
 
 
 def registry(config: OperatorConfig) -> kopf.OperatorRegistry:

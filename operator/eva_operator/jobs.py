@@ -11,13 +11,17 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from eva_operator import API_VERSION, KIND
+from eva_runtime.api import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_ATTEMPT,
+    LABEL_ITERATION,
+    LABEL_RUN,
+    LABEL_STEP,
+)
 from eva_runtime.spec import EvaRun, StepResources, dump_run
 
-LABEL_RUN = "eva.dev/run"
-LABEL_ITERATION = "eva.dev/iteration"
-LABEL_STEP = "eva.dev/step"
-LABEL_ATTEMPT = "eva.dev/attempt"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 CONTAINER = "step"
 TERMINATION_LOG = "/dev/termination-log"
@@ -283,7 +287,7 @@ def build_job(
         "template": {
             "metadata": {
                 "labels": labels,
-                "annotations": {"eva.dev/metrics-port": str(METRICS_PORT)},
+                "annotations": {f"{GROUP}/metrics-port": str(METRICS_PORT)},
             },
             "spec": pod_spec,
         },

@@ -26,6 +26,7 @@ from eva_operator.jobs import (
     job_name,
     run_dir,
 )
+from eva_runtime.api import LABEL_ATTEMPT, LABEL_ITERATION, LABEL_STEP
 from eva_runtime.spec import EvaRun, SpecError, parse_run, steps_for
 
 # Counts copied from step summaries into status.history (step -> {count: history key}).
@@ -196,9 +197,9 @@ def observe_job(job: dict[str, Any]) -> JobView:
         state, reason, message = "active", "", ""
     return JobView(
         name=meta.get("name", ""),
-        iteration=int(labels.get("eva.dev/iteration", 0)),
-        step=labels.get("eva.dev/step", ""),
-        attempt=int(labels.get("eva.dev/attempt", 0)),
+        iteration=int(labels.get(LABEL_ITERATION, 0)),
+        step=labels.get(LABEL_STEP, ""),
+        attempt=int(labels.get(LABEL_ATTEMPT, 0)),
         state=state,
         reason=reason,
         message=message,

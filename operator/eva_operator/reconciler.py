@@ -40,6 +40,7 @@ from eva_operator.plan import (
     plan,
     rfc3339,
 )
+from eva_runtime.api import LABEL_RUN, LABEL_STEP
 
 log = logging.getLogger("eva_operator")
 
@@ -218,7 +219,7 @@ class Reconciler:
         return acts
 
     async def _create_job(self, namespace: str, manifest: dict[str, Any], acts: Actions) -> None:
-        step = manifest["metadata"]["labels"]["eva.dev/step"]
+        step = manifest["metadata"]["labels"][LABEL_STEP]
         try:
             await with_retries(lambda: self.kube.create(jobs_path(namespace), manifest))
         except KubeError as exc:
@@ -237,7 +238,7 @@ class Reconciler:
                 return
             raise
         self.metrics.jobs_created.labels(step).inc()
-        run = manifest["metadata"]["labels"]["eva.dev/run"]
+        run = manifest["metadata"]["labels"][LABEL_RUN]
         self._unseen.setdefault((namespace, run), {})[manifest["metadata"]["name"]] = manifest
 
     async def _with_finished_pods(
