@@ -28,6 +28,7 @@ __all__ = [
 
 BACKENDS = ("auto", "transformers", "vllm", "openai")
 
+
 def make_generator(
     backend: str,
     model: str,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,33 +29,8 @@ from eva_operator.jobs import (
 )
 from eva_runtime.api import LABEL_ATTEMPT, LABEL_ITERATION, LABEL_STEP
 from eva_runtime.spec import EvaRun, SpecError, parse_run, steps_for
+from eva_runtime.status import HISTORY_FIELDS, HistoryEntry
 
-# Counts copied from step summaries into status.history (step -> {count: history key}).
-HISTORY_FIELDS: dict[str, dict[str, str]] = {
-    "prepare": {"prompts": "prompts", "heldout": "heldOut"},
-    "generate": {
-        "prompts": "prompts",
-        "responses": "responses",
-        "reward_mean": "rewardMean",
-        "reward_gap_mean": "rewardGap",
-        "tokens": "tokens",
-    },
-    "create": {
-        "selected": "kept",
-        "evolved": "evolved",
-        "dropped": "dropped",
-        "buffer": "buffer",
-        "mixed": "nextPrompts",
-        "informativeness_mean": "informativeness",
-    },
-    "generate-evolved": {"reward_mean": "evolvedRewardMean", "reward_gap_mean": "evolvedGap"},
-    "train": {"pairs": "pairs", "train_loss": "trainLoss", "reward_accuracy": "rewardAccuracy"},
-    "evaluate": {
-        "reward_previous": "heldOutBefore",
-        "reward_new": "heldOutReward",
-        "win_rate": "winRate",
-    },
-}
 # Waiting reasons of a pod that will not start by itself.
 STUCK_REASONS = frozenset(
     {
@@ -676,6 +652,21 @@ def _brief(step: str, counts: dict[str, Any]) -> str:
     return ""
 
 
+_INT_FIELDS = {
+    f.alias or name for name, f in HistoryEntry.model_fields.items() if f.annotation == int | None
+}
+
+
+def _as_field(field: str, value: Any) -> Any:
+    """A summary's count as the history field's type (the API server refuses 3.0 for an
+    integer and prunes nothing it refuses: the whole status write would fail)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None  # NaN and inf are no JSON a server accepts
+    if field in _INT_FIELDS:
+        return round(value)
+    return float(value)
+
+
 def _record(
     status: dict[str, Any],
     run: EvaRun,
@@ -702,8 +693,9 @@ def _record(
     }
     counts = summary.get("counts") or {}
     for src, dst in HISTORY_FIELDS.get(step, {}).items():
-        if counts.get(src) is not None:
-            entry[dst] = counts[src]
+        value = _as_field(dst, counts.get(src))
+        if value is not None:
+            entry[dst] = value
     if step == "create":
         entry["promptSet"] = f"{run_dir(run)}/iter-{t}/create/mixed.parquet"
         digest = (summary.get("digests") or {}).get("mixed.parquet")

@@ -575,3 +575,54 @@ def test_a_pod_that_cannot_start_blocks_the_step_before_its_deadline() -> None:
     assert (blocked["status"], blocked["reason"]) == ("True", "PodPending")
     assert "ImagePullBackOff: no tag" in blocked["message"]
     assert acts.status["phase"] == "Running"
+
+
+def test_every_status_the_planner_writes_validates_against_the_generated_schema() -> None:
+    """Whole runs (eva and the baseline, a retry, suspension, a pod pending too long, refused
+    pods): every status validates against the CRD's status schema (generated from
+    eva_runtime.status) and parses as RunStatus, so the API server would prune nothing."""
+    from eva_runtime.crd import status_schema
+    from eva_runtime.status import RunStatus
+    from schema_check import validate
+
+    schema = status_schema()
+    seen: list[dict[str, Any]] = []
+
+    def check(sim: Sim) -> None:
+        status = copy.deepcopy(sim.status)
+        assert validate(status, schema, "status") == [], status
+        RunStatus.model_validate(status)
+        seen.append(status)
+
+    for spec in ({}, {"creator": {"enabled": False}}):
+        sim = Sim(make_run(spec))
+        for _ in range(40):
+            for j in sim.jobs:
+                if not j.get("status"):
+                    sim.succeed(j["metadata"]["name"])
+            sim.plan()
+            check(sim)
+            if sim.status["phase"] == "Succeeded":
+                break
+    sim = Sim(make_run())
+    sim.plan()
+    sim.fail("demo-i0-prepare")
+    sim.plan()
+    check(sim)
+    sim.run["spec"]["runPolicy"] = {"suspend": True}
+    sim.plan()
+    check(sim)
+    sim.run["spec"]["runPolicy"] = {"suspend": False}
+    sim.plan()
+    check(sim)
+    refused = [failed_create("demo-i0-prepare-r1", "serviceaccount not found")]
+    acts = plan(sim.run, sim.jobs, [], sim.now, StepDefaults(), events=refused)
+    sim.run["status"] = acts.status
+    check(sim)
+    sim.pods.append(pod("demo-i0-prepare-r1", 0, "Pending", waiting=("ErrImagePull", "x")))
+    sim.now += timedelta(seconds=700)
+    sim.plan()
+    check(sim)
+    assert sim.status["phase"] == "Failed"
+    keys = {k for s in seen for k in s} | {k for s in seen for h in s["history"] for k in h}
+    assert {"history", "conditions", "retries", "heldOutReward", "promptSetDigest"} <= keys

@@ -1,0 +1,163 @@
+"""The EvaRun status the operator writes, as one typed model.
+
+The CRD's status schema is generated from ``RunStatus`` (``eva_runtime.crd``), exactly as the
+spec schema is generated from ``EvaRunSpec``: a key the operator writes and the model lacks is
+a test failure here, not a field the API server silently prunes. The planner
+(``eva_operator.plan``) fills ``HistoryEntry`` from the steps' summaries through
+``HISTORY_FIELDS``. Light: pydantic only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from eva_runtime.api import PHASES
+
+Phase = Literal[PHASES]  # type: ignore[valid-type]
+
+
+def _time(description: str) -> dict[str, str]:
+    return {"description": description, "format": "date-time"}
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class Condition(_Status):
+    """A Kubernetes-style condition; ``lastTransitionTime`` moves only when ``status`` flips."""
+
+    type: str = Field(
+        description="Running, Suspended, Succeeded, Failed or StepBlocked.",
+        json_schema_extra={"minLength": 1},
+    )
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = Field(default=None, description="Why the condition last changed.")
+    message: str | None = Field(default=None, description="Human-readable details.")
+    last_transition_time: str | None = Field(
+        default=None, json_schema_extra=_time("When status last flipped.")
+    )
+    observed_generation: int | None = Field(default=None, json_schema_extra={"format": "int64"})
+
+
+class StepRecord(_Status):
+    """One finished step of an iteration."""
+
+    job: str | None = Field(default=None, description="The Job that completed the step.")
+    attempts: int | None = Field(default=None, description="Jobs it took (1 = no retry).")
+    completion_time: str | None = Field(
+        default=None, json_schema_extra=_time("When the step completed.")
+    )
+    seconds: float | None = Field(default=None, description="From its first Job to its end.")
+
+
+class HistoryEntry(_Status):
+    """One iteration: its steps and the counts and metrics their summaries reported."""
+
+    iteration: int = Field(description="The iteration, from 0.")
+    steps: dict[str, StepRecord] = Field(
+        default_factory=dict, description="Each finished step by name."
+    )
+    # prepare
+    prompts: int | None = Field(default=None, description="Prompts generated for.")
+    held_out: int | None = Field(default=None, description="Prompts set aside for evaluation.")
+    # generate
+    responses: int | None = Field(default=None, description="Responses sampled.")
+    reward_mean: float | None = Field(default=None, description="Mean reward of the responses.")
+    reward_gap: float | None = Field(default=None, description="Mean best-minus-worst reward.")
+    tokens: int | None = Field(default=None, description="Tokens generated.")
+    # create
+    kept: int | None = Field(default=None, description="Prompts selected for evolving.")
+    evolved: int | None = Field(default=None, description="Evolved prompts kept.")
+    dropped: int | None = Field(default=None, description="Evolved prompts dropped.")
+    buffer: int | None = Field(default=None, description="Original prompts kept as buffer.")
+    next_prompts: int | None = Field(default=None, description="Prompts of the next set.")
+    informativeness: float | None = Field(default=None, description="Mean informativeness.")
+    prompt_set: str | None = Field(default=None, description="The next prompt set's path.")
+    prompt_set_digest: str | None = Field(default=None, description="sha256 of that file.")
+    # generate-evolved
+    evolved_reward_mean: float | None = Field(default=None, description="On evolved prompts.")
+    evolved_gap: float | None = Field(default=None, description="Mean gap on evolved prompts.")
+    # train
+    pairs: int | None = Field(default=None, description="Preference pairs trained on.")
+    train_loss: float | None = Field(default=None, description="Final training loss.")
+    reward_accuracy: float | None = Field(default=None, description="Implicit reward accuracy.")
+    model: str | None = Field(default=None, description="The new policy's path.")
+    # evaluate
+    held_out_before: float | None = Field(default=None, description="Previous policy's reward.")
+    held_out_reward: float | None = Field(default=None, description="New policy's reward.")
+    win_rate: float | None = Field(default=None, description="New over previous policy.")
+
+
+class RunStatus(_Status):
+    """Written by the operator."""
+
+    phase: Phase | None = None
+    iteration: int | None = Field(default=None, description="The current step's iteration.")
+    step: str | None = Field(default=None, description="The current step (prepare, generate, ...).")
+    attempt: int | None = Field(
+        default=None, description="The current step's attempt, from 0 (retries after a failure)."
+    )
+    retries: int | None = Field(default=None, description="Failed step attempts retried so far.")
+    job: str | None = Field(default=None, description="The current step's Job.")
+    reason: str | None = Field(default=None, description="Why the run failed (CamelCase).")
+    message: str | None = Field(default=None, description="Human-readable details of the failure.")
+    reward: float | None = Field(default=None, description="Held-out reward of the newest policy.")
+    win_rate: float | None = Field(
+        default=None, description="Held-out win rate of the newest policy."
+    )
+    start_time: str | None = Field(default=None, json_schema_extra=_time("When the run started."))
+    step_start_time: str | None = Field(
+        default=None, json_schema_extra=_time("When the current step's first Job was created.")
+    )
+    completion_time: str | None = Field(
+        default=None, json_schema_extra=_time("When the run succeeded or failed.")
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        description="The spec generation the operator last acted on.",
+        json_schema_extra={"format": "int64"},
+    )
+    mlflow_run_id: str | None = Field(
+        default=None, description="The MLflow run id the latest step reported."
+    )
+    completed: list[str] = Field(
+        default_factory=list, description="Complete steps: 'prepare', then 'ITERATION/STEP'."
+    )
+    conditions: list[Condition] = Field(default_factory=list)
+    history: list[HistoryEntry] = Field(
+        default_factory=list,
+        description="One entry per iteration: its steps' Jobs, counts and metrics.",
+    )
+
+
+# Counts copied from step summaries (``counts`` in a step's termination message) into the
+# iteration's history entry: step -> {count: HistoryEntry field, camelCase}.
+HISTORY_FIELDS: dict[str, dict[str, str]] = {
+    "prepare": {"prompts": "prompts", "heldout": "heldOut"},
+    "generate": {
+        "prompts": "prompts",
+        "responses": "responses",
+        "reward_mean": "rewardMean",
+        "reward_gap_mean": "rewardGap",
+        "tokens": "tokens",
+    },
+    "create": {
+        "selected": "kept",
+        "evolved": "evolved",
+        "dropped": "dropped",
+        "buffer": "buffer",
+        "mixed": "nextPrompts",
+        "informativeness_mean": "informativeness",
+    },
+    "generate-evolved": {"reward_mean": "evolvedRewardMean", "reward_gap_mean": "evolvedGap"},
+    "train": {"pairs": "pairs", "train_loss": "trainLoss", "reward_accuracy": "rewardAccuracy"},
+    "evaluate": {
+        "reward_previous": "heldOutBefore",
+        "reward_new": "heldOutReward",
+        "win_rate": "winRate",
+    },
+}
