@@ -58,6 +58,7 @@ test: $(VENV)/.stamp-dev system-deps tools
 lint: $(VENV)/.stamp-dev
 	$(VENV)/bin/ruff check eva_runtime operator tests benchmarks
 	$(VENV)/bin/ruff format --check eva_runtime operator tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.stamp-dev
 	$(PY) benchmarks/creator_bench.py
@@ -105,4 +106,4 @@ manifests: $(HELM)
 	} > manifests/install.yaml.tmp && mv manifests/install.yaml.tmp manifests/install.yaml
 
 clean:
-	rm -rf $(VENV) $(WORKDIR) $(TOOLS) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(WORKDIR) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache

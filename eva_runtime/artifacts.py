@@ -55,7 +55,8 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> str:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
 
 
 class StepDir:

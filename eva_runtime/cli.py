@@ -16,12 +16,14 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from eva_runtime.errors import EvaError
-from eva_runtime.spec import SpecError, load_run, load_runs
+from eva_runtime.spec import EvaRun, SpecError, load_run, load_runs
 
 PHASE_NAMES = ("prepare", "generate", "create", "generate-evolved", "train", "evaluate")
 
@@ -65,7 +67,7 @@ def validate(files: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
-def _monitoring_options(fn):
+def _monitoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option(
         "--pushgateway",
         envvar="EVA_PUSHGATEWAY_URL",
@@ -211,7 +213,7 @@ def phase(
     click.echo(json.dumps(summary.get("counts", {}), sort_keys=True))
 
 
-def _phase_spec(spec_file: str | None):
+def _phase_spec(spec_file: str | None) -> EvaRun:
     if spec_file:
         return load_run(spec_file)
     text = os.environ.get("EVA_SPEC_YAML")
@@ -228,7 +230,7 @@ def _phase_spec(spec_file: str | None):
             raise EvaError(str(exc).replace(str(path), "$EVA_SPEC_YAML")) from None
 
 
-def _record_manifest(run, run_dir: Path) -> None:
+def _record_manifest(run: EvaRun, run_dir: Path) -> None:
     """Keep the manifest beside the artifacts, so `eva report` and `eva track` can read it."""
     from eva_runtime.artifacts import atomic_write_bytes
     from eva_runtime.spec import dump_run
@@ -254,7 +256,7 @@ def _write_termination(path: str, message: dict) -> None:
         click.echo(f"warning: cannot write the termination message to {path}: {exc}", err=True)
 
 
-def _track(run, run_dir: Path) -> str | None:
+def _track(run: EvaRun, run_dir: Path) -> str | None:
     """Log what is complete to MLflow; the parent run's id (None when MLflow is unreachable)."""
     from eva_runtime.progress import warn
     from eva_runtime.tracking import Tracker, TrackingUnavailable

@@ -104,7 +104,8 @@ def _resolve(ref: str, defs: dict[str, Any]) -> dict[str, Any]:
     prefix = "#/$defs/"
     if not ref.startswith(prefix) or ref[len(prefix) :] not in defs:
         raise CRDError(f"cannot resolve $ref {ref!r}")
-    return defs[ref[len(prefix) :]]
+    target: dict[str, Any] = defs[ref[len(prefix) :]]
+    return target
 
 
 def _scalar_type(values: list[Any], where: str) -> str:

@@ -48,7 +48,11 @@ def task(description: str, total: int) -> Iterator[Callable[[int], None]]:
             transient=False,
         ) as bar:
             tid = bar.add_task(description, total=total)
-            yield lambda k=1: bar.advance(tid, k)
+
+            def step(k: int = 1) -> None:
+                bar.advance(tid, k)
+
+            yield step
         return
     done = [0]
 

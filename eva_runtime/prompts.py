@@ -53,7 +53,7 @@ def _open_bytes(source: str) -> bytes:
             raise InputError(f"{source}: reading URIs needs fsspec") from exc
         try:
             with fsspec.open(source, "rb", compression="infer") as fh:
-                return fh.read()
+                return bytes(fh.read())
         except FileNotFoundError:
             raise InputError(f"{source}: prompt file not found (spec.prompts.source)") from None
     path = Path(source.removeprefix("file://"))

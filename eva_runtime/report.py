@@ -237,7 +237,7 @@ def _style() -> Iterator[None]:
     """Our look for every figure, without touching the caller's global rcParams."""
     import matplotlib
 
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(_RC):  # type: ignore[arg-type]
         yield
 
 
@@ -430,7 +430,7 @@ class _Run:
 
     def heldout_curve(self) -> list[tuple[str, float, float | None, float | None]]:
         """(label, mean held-out reward, its standard error, win rate vs the previous policy)."""
-        curve: list[tuple[str, float, float | None, float | None]] = []
+        curve: list[tuple[str, float | None, float | None, float | None]] = []
         for t in self.iterations:
             c = self.counts(t, "evaluate")
             if not c:
@@ -440,7 +440,7 @@ class _Run:
             curve.append(
                 (f"iter {t}", c.get("reward_new"), c.get("reward_new_sem"), c.get("win_rate"))
             )
-        return [p for p in curve if p[1] is not None]
+        return [(a, b, c, d) for a, b, c, d in curve if b is not None]
 
     def _base_sem(self, t: int) -> float | None:
         frame = self.frame(t, "evaluate", "responses.parquet")
@@ -624,7 +624,7 @@ def _reward_section(run: _Run) -> str:
         fig, ax = _figure()
         ax.plot(
             its,
-            [r.get(key) for r in rows],
+            [_nan(r.get(key)) for r in rows],
             marker="o",
             color=COLORS[0],
             label="prompt set X_t (generate)",
@@ -632,7 +632,7 @@ def _reward_section(run: _Run) -> str:
         if evolved:
             ax.plot(
                 [t for t, _ in evolved],
-                [c.get(ekey) for _, c in evolved],
+                [_nan(c.get(ekey)) for _, c in evolved],
                 marker="s",
                 color=COLORS[1],
                 linestyle="--",
@@ -743,7 +743,7 @@ def _informativeness_section(run: _Run) -> str:
             continue
         values = scores["informativeness"].to_numpy(dtype=float)
         sel = scores["selected"].to_numpy(dtype=bool)
-        bins = np.histogram_bin_edges(values, bins=min(30, max(6, len(values) // 3)))
+        bins = np.histogram_bin_edges(values, bins=min(30, max(6, len(values) // 3))).tolist()
         fig, ax = _figure()
         ax.hist(
             values,
@@ -1349,5 +1349,10 @@ def _slot(t: int, steps: np.ndarray) -> np.ndarray:
     return t + 0.08 + 0.84 * (steps - lo) / (hi - lo)
 
 
+def _nan(value: Any) -> float:
+    """A missing point as NaN: matplotlib leaves a gap there."""
+    return float("nan") if value is None else float(value)
+
+
 def _is_dpo(run: _Run) -> bool:
-    return _get(run.spec, "solver", "algorithm", default="dpo") == "dpo"
+    return bool(_get(run.spec, "solver", "algorithm", default="dpo") == "dpo")

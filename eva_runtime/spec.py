@@ -697,4 +697,4 @@ def dump_run(run: EvaRun) -> str:
     """The manifest as YAML with camelCase keys (what a Job's pod receives)."""
     data = run.model_dump(by_alias=True, exclude_none=True, mode="json")
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: ~10x faster
-    return yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=False)
+    return str(yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=False))

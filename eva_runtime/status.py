@@ -13,13 +13,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from eva_runtime.api import PHASES
 
 Phase = Literal[PHASES]  # type: ignore[valid-type]
 
 
-def _time(description: str) -> dict[str, str]:
+def _time(description: str) -> JsonDict:
     return {"description": description, "format": "date-time"}
 
 

@@ -189,7 +189,8 @@ class Tracker:
 
     def sync(self) -> dict[str, list[Any]]:
         """Log every complete step not logged yet; return what was logged this time."""
-        return self._guarded(self._sync)
+        logged: dict[str, list[Any]] = self._guarded(self._sync)
+        return logged
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the iteration runs still open and the parent run with ``status``."""
@@ -261,7 +262,7 @@ class Tracker:
         return state
 
     def _server_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        srv = state["servers"].setdefault(self._key, {})
+        srv: dict[str, Any] = state["servers"].setdefault(self._key, {})
         srv.setdefault("experiment_id", None)
         srv.setdefault("parent_run_id", None)
         srv.setdefault("iterations", {})
@@ -398,7 +399,9 @@ class Tracker:
         t = 0 if step.iteration is None else step.iteration
         return not self.rd.step(t, "evaluate").complete()
 
-    def _reopen(self, client: MlflowClient, state: dict[str, Any], srv: dict[str, Any], rid: str):
+    def _reopen(
+        self, client: MlflowClient, state: dict[str, Any], srv: dict[str, Any], rid: str
+    ) -> None:
         """New work after finish() (a resumed or extended run): the run is running again."""
         if rid in srv["ended"]:
             client.update_run(rid, status="RUNNING")
@@ -423,7 +426,7 @@ class Tracker:
             )
             srv["iterations"][t] = run.info.run_id
             self._save(state)
-        rid = srv["iterations"][t]
+        rid = str(srv["iterations"][t])
         if self._in_progress(step):
             self._reopen(client, state, srv, rid)
         return rid
@@ -553,7 +556,7 @@ class Tracker:
             # MLflow warns that a file URI matches two equivalent source types and that
             # integer columns cannot hold missing values: neither applies to a logged input.
             warnings.simplefilter("ignore", UserWarning)
-            ds = mlflow.data.from_pandas(
+            ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]
                 frame, source=path.as_uri(), name=name, digest=sha[:DIGEST_CHARS]
             )
             fields = ds.to_dict()

@@ -216,7 +216,7 @@ class TransformersGenerator:
             content, finish, count = token_ids, "length", len(token_ids)
         else:
             content, finish, count = token_ids[:end], "stop", end + 1
-        text = self._tokenizer.decode(content, skip_special_tokens=True)
+        text = str(self._tokenizer.decode(content, skip_special_tokens=True))
         return Completion(text=text, finish_reason=finish, num_tokens=count)
 
     def _check_length(self, attention_mask: Any, start: int, max_new_tokens: int) -> None:

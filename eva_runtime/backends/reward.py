@@ -414,7 +414,8 @@ def _load_function(ref: str) -> Callable[..., Any]:
             ) from exc
     if not callable(target):
         raise ValueError(f"reward function {ref!r} is a {type(target).__name__}, not callable")
-    return target
+    fn: Callable[..., Any] = target
+    return fn
 
 
 def _check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:

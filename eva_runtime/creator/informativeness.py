@@ -69,10 +69,10 @@ def informativeness(
     if metric == "uniform":
         return np.zeros(r.shape[0])
     if metric in ("mean", "meanInverse"):
-        out = r.mean(axis=1)
+        out = np.asarray(r.mean(axis=1), dtype=float)
         return -out if metric == "meanInverse" else out
     if metric == "variance":
-        return r.var(axis=1)
+        return np.asarray(r.var(axis=1), dtype=float)
     if metric == "dts":
         if r.shape[1] == 1:
             return np.zeros(r.shape[0])
@@ -80,6 +80,6 @@ def informativeness(
         return top2[:, 1] - top2[:, 0]
     hi = r.max(axis=1)
     if metric == "maxmean":
-        return hi - r.mean(axis=1)
-    gap = hi - r.min(axis=1)
+        return np.asarray(hi - r.mean(axis=1), dtype=float)
+    gap = np.asarray(hi - r.min(axis=1), dtype=float)
     return -gap if metric == "gapInverse" else gap

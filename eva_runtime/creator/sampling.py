@@ -40,7 +40,7 @@ def normalised_weights(scores: np.ndarray) -> np.ndarray:
     if not np.isfinite(span) or span <= 0.0:
         return np.full(s.shape, 1.0 / s.size)
     w = (s - lo) / span
-    return w / w.sum()
+    return np.asarray(w / w.sum(), dtype=float)
 
 
 def _importance_weighted(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

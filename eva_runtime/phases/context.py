@@ -16,7 +16,7 @@ import pandas as pd
 
 from eva_runtime.artifacts import RunDir, StepDir
 from eva_runtime.errors import StepError
-from eva_runtime.spec import EvaRun, OpenAIEndpoint
+from eva_runtime.spec import EvaRun, EvaRunSpec, OpenAIEndpoint
 
 ROLLOUT_COLUMNS = (
     "order",
@@ -42,7 +42,7 @@ class Context:
     run_dir: RunDir
 
     @property
-    def spec(self):
+    def spec(self) -> EvaRunSpec:
         return self.run.spec
 
     # ------------------------------------------------------------------ prompts
@@ -110,7 +110,7 @@ class Context:
     def local_backend(self) -> str:
         backend = self.spec.generation.backend
         if backend in ("transformers", "vllm"):
-            return backend
+            return str(backend)
         if backend == "auto":
             import importlib.util
 

@@ -8,6 +8,8 @@ so a shard run twice writes the same bytes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
@@ -17,8 +19,12 @@ from eva_runtime.metrics import current as current_metrics
 from eva_runtime.phases.context import ROLLOUT_COLUMNS, Context, derive_seed, finalize_sharded
 from eva_runtime.progress import note, task
 
+if TYPE_CHECKING:
+    from eva_runtime.backends.protocol import SamplingParams
+    from eva_runtime.backends.reward import RewardModel
 
-def _sampling(ctx: Context, seed: int):
+
+def _sampling(ctx: Context, seed: int) -> SamplingParams:
     from eva_runtime.backends.generation import SamplingParams
 
     g = ctx.spec.generation
@@ -37,9 +43,9 @@ def generate_and_score(
     *,
     model_path: str,
     iteration: int,
-    params,
+    params: SamplingParams,
     label: str,
-    reward_model=None,
+    reward_model: RewardModel | None = None,
 ) -> pd.DataFrame:
     """Responses and rewards for ``prompts`` as a long table (one row per response)."""
     if prompts.empty:
@@ -69,7 +75,7 @@ def generate_and_score(
             rows.append((order, pid, prompt, j, c.text, c.finish_reason, c.num_tokens))
     frame = pd.DataFrame(rows, columns=list(ROLLOUT_COLUMNS[:-1]))
     own = reward_model is None
-    rm = ctx.reward_model() if own else reward_model
+    rm = reward_model if reward_model is not None else ctx.reward_model()
     try:
         with task(f"{label}: scoring", len(frame)) as advance:
             scores = rm.score(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ from eva_runtime.metrics import current as current_metrics
 from eva_runtime.phases.context import Context, reward_matrix
 from eva_runtime.progress import note, task, warn
 from eva_runtime.solver.pairs import preference_pairs
+
+if TYPE_CHECKING:
+    from eva_runtime.solver.train import TrainSettings
 
 
 def pairs_from(
@@ -48,7 +52,7 @@ def pairs_from(
     return frame, {"tied": idx.tied, "too_few": idx.too_few}
 
 
-def train_settings(ctx: Context, num_pairs: int, iteration: int):
+def train_settings(ctx: Context, num_pairs: int, iteration: int) -> TrainSettings:
     from eva_runtime.phases.context import derive_seed
     from eva_runtime.solver.train import LoraSettings, TrainSettings
 

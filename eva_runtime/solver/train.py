@@ -382,17 +382,19 @@ def _training_args(
         CPOConfig = _experimental("cpo").CPOConfig
 
         # SimPO is CPO's "simpo" loss without the behaviour-cloning term (cpo_alpha=0).
-        return CPOConfig(
+        cpo: TrainingArguments = CPOConfig(
             **common,
             loss_type="simpo",
             cpo_alpha=0.0,
             simpo_gamma=settings.simpo_gamma,
             remove_unused_columns=False,
         )
+        return cpo
     ORPOConfig = _experimental("orpo").ORPOConfig
 
     # beta is ORPO's odds-ratio weight (lambda in the paper).
-    return ORPOConfig(**common, remove_unused_columns=False)
+    orpo: TrainingArguments = ORPOConfig(**common, remove_unused_columns=False)
+    return orpo
 
 
 def _experimental(name: str) -> Any:
@@ -561,6 +563,7 @@ def _save_policy(
         model.save_pretrained(str(staging))
 
     if main:
+        assert trainer.processing_class is not None  # the tokenizer the trainer was given
         trainer.processing_class.save_pretrained(str(staging))
         _replace_dir(staging, final)
     trainer.accelerator.wait_for_everyone()

@@ -1,5 +1,10 @@
 """kopf handlers: thin. Each one pokes the reconciler or answers admission; none decides.
 
+Retries, back-off and Events are the operator's own, not kopf's (``TemporaryError``, handler
+progress): every poke runs one coalesced, level-triggered reconciliation of the whole run
+(``reconciler.py``) that reads the current state and plans from it, so there is no per-handler
+attempt to retry and nothing kopf would need to remember between calls.
+
 The handlers are registered into a fresh registry per operator (``registry(config)``), so
 the admission handler exists only where a webhook server serves it, and the resync
 interval comes from the configuration. ``eva-operator`` runs them.
@@ -8,6 +13,7 @@ interval comes from the configuration. ``eva-operator`` runs them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,6 +230,12 @@ async def admit(
 # --------------------------------------------------------------------------- registration
 
 
+def _handler(fn: Callable[..., Any]) -> Any:
+    """kopf's callback protocols name every keyword argument kopf may pass; these handlers
+    take the few they use (and ``**_``), which kopf accepts at run time."""
+    return fn
+
+
 def _unfinished(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in TERMINAL
 
@@ -234,14 +246,14 @@ def registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     jobs = ("batch", "v1", "jobs")
     pods = ("", "v1", "pods")
     ours = {LABEL_RUN: kopf.PRESENT}
-    kopf.on.startup(registry=reg)(configure)
-    kopf.on.login(registry=reg)(login)
-    kopf.on.cleanup(registry=reg)(shutdown)
-    kopf.index(*jobs, labels=ours, registry=reg)(eva_jobs)
-    kopf.index(*pods, labels=ours, registry=reg)(eva_pods)
-    kopf.on.event(GROUP, VERSION, PLURAL, registry=reg)(run_event)
-    kopf.on.event(*jobs, labels=ours, id="job_event", registry=reg)(child_event)
-    kopf.on.event(*pods, labels=ours, id="pod_event", registry=reg)(child_event)
+    kopf.on.startup(registry=reg)(_handler(configure))
+    kopf.on.login(registry=reg)(_handler(login))
+    kopf.on.cleanup(registry=reg)(_handler(shutdown))
+    kopf.index(*jobs, labels=ours, registry=reg)(_handler(eva_jobs))
+    kopf.index(*pods, labels=ours, registry=reg)(_handler(eva_pods))
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=reg)(_handler(run_event))
+    kopf.on.event(*jobs, labels=ours, id="job_event", registry=reg)(_handler(child_event))
+    kopf.on.event(*pods, labels=ours, id="pod_event", registry=reg)(_handler(child_event))
     kopf.timer(
         GROUP,
         VERSION,
@@ -249,11 +261,11 @@ def registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         interval=config.resync_seconds,
         when=_unfinished,
         registry=reg,
-    )(resync)
-    kopf.on.delete(GROUP, VERSION, PLURAL, registry=reg)(run_deleted)
+    )(_handler(resync))
+    kopf.on.delete(GROUP, VERSION, PLURAL, registry=reg)(_handler(run_deleted))
     if config.webhook_mode != "off":
         # The id is the webhook's URL path (/admit): the chart's cert-manager mode names it.
         kopf.on.validate(
             GROUP, VERSION, PLURAL, id=WEBHOOK_ID, operations=["CREATE", "UPDATE"], registry=reg
-        )(admit)
+        )(_handler(admit))
     return reg

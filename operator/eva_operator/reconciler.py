@@ -174,7 +174,7 @@ class Reconciler:
             raise
         jobs = [dict(j) for j in self.jobs_of(namespace, name)]
         unseen = self._unseen.get((namespace, name), {})
-        for seen in [(j.get("metadata") or {}).get("name") for j in jobs]:
+        for seen in [str((j.get("metadata") or {}).get("name")) for j in jobs]:
             unseen.pop(seen, None)
         jobs += list(unseen.values())
         pods = [dict(p) for p in self.pods_of(namespace, name)]
@@ -284,9 +284,10 @@ class Reconciler:
             return []
         selector = f"involvedObject.kind=Job,involvedObject.name={current}"
         try:
-            return await with_retries(
+            events: list[dict[str, Any]] = await with_retries(
                 lambda: self.kube.list(events_path(namespace), field_selector=selector)
             )
+            return events
         except KubeError as exc:  # e.g. an install without `list` on events: no detail
             log.info("events of Job %s/%s not read: %s", namespace, current, exc)
             return []
