@@ -23,9 +23,7 @@ from typing import Any
 import click
 
 from eva_runtime.errors import EvaError
-from eva_runtime.spec import EvaRun, SpecError, load_run, load_runs
-
-PHASE_NAMES = ("prepare", "generate", "create", "generate-evolved", "train", "evaluate")
+from eva_runtime.spec import ALL_STEPS, EvaRun, SpecError, load_run, load_runs, sharded
 
 
 def _fail(message: str) -> None:
@@ -126,7 +124,7 @@ def run(
 
 
 @main.command()
-@click.argument("step", type=click.Choice(PHASE_NAMES))
+@click.argument("step", type=click.Choice(ALL_STEPS))
 @click.option(
     "--spec",
     "spec_file",
@@ -172,7 +170,7 @@ def phase(
             )
         n = num_shards or r.spec.generation.shards
         i = shard if shard is not None else int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
-        if not step.startswith("generate") and (shard or (num_shards or 1) > 1):
+        if not sharded(step) and (shard or (num_shards or 1) > 1):
             raise EvaError(f"--shard/--num-shards apply to generation steps, not {step}")
         rd = RunDir(run_dir)
         _record_manifest(r, Path(run_dir))

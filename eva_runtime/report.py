@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from eva_runtime.artifacts import PREPARE, STEPS, RunDir, atomic_write_bytes
+from eva_runtime.artifacts import PREPARE, RunDir, atomic_write_bytes
+from eva_runtime.spec import steps_for
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -348,9 +349,7 @@ class _Run:
 
     @property
     def steps(self) -> tuple[str, ...]:
-        if self.creator:
-            return STEPS
-        return tuple(s for s in STEPS if s not in ("create", "generate-evolved"))
+        return steps_for(self.creator)
 
     def counts(self, t: int, step: str) -> dict[str, Any]:
         sd = self.rd.step(t, step)

@@ -19,7 +19,7 @@ from eva_runtime.artifacts import RunDir
 from eva_runtime.errors import EvaError, InputError
 from eva_runtime.phases import Context, run_phase, steps_for
 from eva_runtime.progress import console, note, warn
-from eva_runtime.spec import EvaRun, spec_changes
+from eva_runtime.spec import EvaRun, sharded, spec_changes
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,12 @@ def preflight(run: EvaRun) -> None:
             except ValueError as exc:
                 problems.append(f"{field}: {exc}")
     if s.reward_model.type == "python" and s.reward_model.function:
-        module, _, attr = s.reward_model.function.partition(":")
+        from eva_runtime.backends.reward import load_function
+
         try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
-            problems.append(f"spec.rewardModel.function: cannot import {module!r} ({exc})")
-        else:
-            if not callable(getattr(mod, attr, None)):
-                problems.append(f"spec.rewardModel.function: {module!r} has no function {attr!r}")
+            load_function(s.reward_model.function)
+        except ValueError as exc:
+            problems.append(f"spec.rewardModel.function: {exc}")
     if s.generation.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         problems.append("spec.generation.backend: vllm is not installed (pip install '.[gpu]')")
     for ep_field, ep in (
@@ -127,7 +125,7 @@ def run_all(
             for name in steps_for(run.spec.creator.enabled):
                 if ctx.run_dir.step(t, name).complete():
                     continue
-                if name.startswith("generate"):
+                if sharded(name):
                     n = run.spec.generation.shards
                     for i in range(n):
                         step(name, t, i, n)
@@ -193,7 +191,7 @@ def _forget_pushed(run: EvaRun, gateway: str) -> None:
     groups = [(0, "prepare", 0)]
     for t in range(run.spec.iterations):
         for name in steps_for(run.spec.creator.enabled):
-            shards = run.spec.generation.shards if name.startswith("generate") else 1
+            shards = run.spec.generation.shards if sharded(name) else 1
             groups.extend((t, name, i) for i in range(shards))
     delete_run_groups(gateway, run=run.name, namespace=run.namespace, groups=groups)
 

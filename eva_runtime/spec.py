@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -31,8 +31,25 @@ from eva_runtime.api import API_VERSION, KIND
 # The steps of one iteration, in order (``prepare`` runs once before iteration 0).
 STEPS = ("generate", "create", "generate-evolved", "train", "evaluate")
 PREPARE = "prepare"
+ALL_STEPS = (PREPARE, *STEPS)  # every step `eva phase` runs
+# The steps that sample responses: split over `generation.shards` (an Indexed Job in a cluster).
+GENERATION_STEPS = ("generate", "generate-evolved")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_FUNCTION_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+
+
+def parse_function_ref(ref: object) -> tuple[str, str] | None:
+    """``(module, attribute)`` of ``'module:function'`` or ``'module:Class.method'``, else None.
+
+    The one reading of a python reward's reference: the spec checks it, the reward backend
+    and the runner's preflight resolve it.
+    """
+    if not isinstance(ref, str):
+        return None
+    module, sep, attribute = ref.partition(":")
+    if not sep or not _DOTTED.match(module) or not _DOTTED.match(attribute):
+        return None
+    return module, attribute
 
 
 class _Model(BaseModel):
@@ -91,7 +108,8 @@ class Algorithm(StrEnum):
     orpo = "orpo"
 
 
-Probability = Annotated[float, Field(gt=0.0, le=1.0)]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+DeepSpeedMode = Literal["none", "zero3"]
 
 
 # --------------------------------------------------------------------------- sections
@@ -169,9 +187,10 @@ class RewardModelSpec(_Model):
         if t == "python":
             if not self.function:
                 raise ValueError("function: required when type is python ('module:function')")
-            if not _FUNCTION_REF.match(self.function):
+            if parse_function_ref(self.function) is None:
                 raise ValueError(
-                    f"function: {self.function!r} is not of the form 'module:function'"
+                    f"function: {self.function!r} is not of the form 'module:function' "
+                    "(or 'module:Class.method')"
                 )
         elif t in ("classifier", "armo"):
             if not self.model:
@@ -323,12 +342,12 @@ class SolverSpec(_Model):
     lr_scheduler: str = Field(default="cosine")
     simpo_gamma: float = Field(default=0.5, ge=0.0, description="SimPO target reward margin.")
     lora: LoraSpec = Field(default_factory=LoraSpec)
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    precision: Precision = "auto"
     gradient_checkpointing: bool = False
     processes: int = Field(
         default=1, ge=1, description="Data-parallel processes under accelerate (GPUs or CPU)."
     )
-    deepspeed: Literal["none", "zero3"] = "none"
+    deepspeed: DeepSpeedMode = "none"
 
 
 class EvaluationSpec(_Model):
@@ -548,6 +567,11 @@ class EvaRun(_Model):
     @property
     def namespace(self) -> str:
         return self.metadata.namespace
+
+
+def sharded(step: str) -> bool:
+    """Whether ``step`` runs as ``generation.shards`` shards."""
+    return step in GENERATION_STEPS
 
 
 def steps_for(creator_enabled: bool) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
+from ..spec import GenerationBackend
 from ._common import derive_seed, free_torch_memory, pick_device, render_prompt, torch_dtype
 from .protocol import BackendError, Completion, Generator, ProgressCallback, SamplingParams
 
@@ -26,7 +27,7 @@ __all__ = [
     "make_generator",
 ]
 
-BACKENDS = ("auto", "transformers", "vllm", "openai")
+BACKENDS: tuple[str, ...] = tuple(b.value for b in GenerationBackend)
 
 
 def make_generator(

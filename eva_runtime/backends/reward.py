@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from ..spec import RewardType, parse_function_ref
 from ._common import check_finite, free_torch_memory, pick_device, render_exchange, torch_dtype
 from .generation import Generator, SamplingParams
 
@@ -30,7 +31,7 @@ __all__ = [
     "parse_rating",
 ]
 
-REWARD_TYPES = ("classifier", "armo", "judge", "python")
+REWARD_TYPES: tuple[str, ...] = tuple(t.value for t in RewardType)
 
 ProgressCallback = Callable[[int], None]
 
@@ -337,7 +338,6 @@ class JudgeReward:
 
 # --------------------------------------------------------------------------- python
 
-_MODULE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
 
 
 class PythonReward:
@@ -351,7 +351,7 @@ class PythonReward:
 
     def __init__(self, function: str) -> None:
         self.name = function
-        self._fn = _load_function(function)
+        self._fn = load_function(function)
 
     def score(
         self,
@@ -388,13 +388,15 @@ class PythonReward:
         """Nothing to free."""
 
 
-def _load_function(ref: str) -> Callable[..., Any]:
-    module_name, sep, attribute = ref.partition(":") if isinstance(ref, str) else ("", "", "")
-    if not sep or not _MODULE.match(module_name) or not _MODULE.match(attribute):
+def load_function(ref: str) -> Callable[..., Any]:
+    """Import the callable ``ref`` names; a ValueError says what is wrong with it."""
+    parsed = parse_function_ref(ref)
+    if parsed is None:
         raise ValueError(
             f"reward function {ref!r} is not of the form 'module:function' "
             "(e.g. 'my_rewards:length_penalty')"
         )
+    module_name, attribute = parsed
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:

@@ -12,16 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-METRICS = (
-    "gap",
-    "maxmean",
-    "mean",
-    "variance",
-    "dts",
-    "gapInverse",
-    "meanInverse",
-    "uniform",
-)
+from eva_runtime.spec import Informativeness
+
+METRICS: tuple[str, ...] = tuple(m.value for m in Informativeness)
 
 
 def _as_matrix(rewards: object, ids: Sequence[str] | None) -> np.ndarray:

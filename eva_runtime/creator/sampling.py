@@ -18,7 +18,9 @@ import math
 
 import numpy as np
 
-METHODS = ("importanceWeighted", "greedy", "stratified")
+from eva_runtime.spec import Sampling
+
+METHODS: tuple[str, ...] = tuple(m.value for m in Sampling)
 STRATA = 10
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from eva_runtime.phases.context import Context
-from eva_runtime.spec import STEPS, steps_for
+from eva_runtime.spec import ALL_STEPS, steps_for
 
-PHASES = ("prepare", *STEPS)
+PHASES = ALL_STEPS
 
 
 def run_phase(

@@ -42,7 +42,9 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
+
+from eva_runtime.spec import Algorithm, DeepSpeedMode, Precision
 
 if TYPE_CHECKING:
     import torch
@@ -51,9 +53,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ALGORITHMS: tuple[str, ...] = ("dpo", "simpo", "ipo", "orpo")
-PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
-DEEPSPEED_MODES: tuple[str, ...] = ("none", "zero3")
+ALGORITHMS: tuple[str, ...] = tuple(a.value for a in Algorithm)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+DEEPSPEED_MODES: tuple[str, ...] = get_args(DeepSpeedMode)
 
 # Prefix of the stdout lines through which launched workers stream their log records
 # back to the parent; everything else on stdout is ordinary output.

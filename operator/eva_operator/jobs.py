@@ -20,13 +20,12 @@ from eva_runtime.api import (
     LABEL_RUN,
     LABEL_STEP,
 )
-from eva_runtime.spec import EvaRun, StepResources, dump_run
+from eva_runtime.spec import GENERATION_STEPS, EvaRun, StepResources, dump_run
 
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 CONTAINER = "step"
 TERMINATION_LOG = "/dev/termination-log"
 METRICS_PORT = 9090
-GENERATION_STEPS = ("generate", "generate-evolved")
 # The resources section that sizes each step's pods.
 RESOURCES_OF = {
     "prepare": "prepare",

@@ -28,7 +28,7 @@ from eva_operator.jobs import (
     run_dir,
 )
 from eva_runtime.api import LABEL_ATTEMPT, LABEL_ITERATION, LABEL_STEP
-from eva_runtime.spec import EvaRun, SpecError, parse_run, steps_for
+from eva_runtime.spec import EvaRun, RunPolicy, SpecError, parse_run, steps_for
 from eva_runtime.status import HISTORY_FIELDS, HistoryEntry
 
 # Waiting reasons of a pod that will not start by itself.
@@ -43,6 +43,8 @@ STUCK_REASONS = frozenset(
         "CreateContainerError",
     }
 )
+# How often a step whose Job has made no pod yet is looked at again (its FailedCreate Events).
+NO_POD_RECHECK_SECONDS = 5.0
 # Counts that add up over the shards of a generation step.
 ADDITIVE = ("prompts", "responses", "tokens", "truncated")
 
@@ -514,6 +516,55 @@ def _clear_blocked(acts: Actions, message: str, ts: str, gen: int | None) -> Non
     status["conditions"] = c.set_condition(
         status["conditions"], c.COND_STEP_BLOCKED, False, c.PROGRESSING, message, ts, gen
     )
+
+
+def next_wake(
+    run: dict[str, Any],
+    status: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    now: datetime,
+) -> float | None:
+    """Seconds until the plan's answer could change with time alone (a deadline), or a
+    re-check of a step Job that has made no pod yet (its FailedCreate Events)."""
+    if status.get("phase") not in (c.RUNNING, c.PENDING):
+        return None
+    try:
+        policy = RunPolicy.model_validate((run.get("spec") or {}).get("runPolicy") or {})
+    except ValueError:
+        return None  # an invalid spec fails in the plan; nothing to wait for
+    waits: list[float] = []
+    started = parse_time(status.get("startTime"))
+    if policy.active_deadline_seconds and started:
+        waits.append(policy.active_deadline_seconds - (now - started).total_seconds() + 0.5)
+    pending = policy.pending_deadline_seconds
+    current = status.get("job")
+    mine = [p for p in map(observe_pod, pods) if p.job == current]
+    if pending:
+        for p in mine:
+            if p.phase == "Pending":
+                since = parse_time(p.created)
+                if since is not None:
+                    waits.append(pending - (now - since).total_seconds() + 0.5)
+    job = next((j for j in jobs if (j.get("metadata") or {}).get("name") == current), None)
+    if job is not None and not mine and observe_job(job).state == "active":
+        waits.append(NO_POD_RECHECK_SECONDS)
+        since = parse_time((job.get("metadata") or {}).get("creationTimestamp"))
+        if pending and since is not None:
+            waits.append(pending - (now - since).total_seconds() + 0.5)
+    return min(waits) if waits else None
+
+
+def job_refusal(code: int, message: str) -> str:
+    """What a refused Job create means: ``exists`` (409: made already), ``retry`` (a full
+    ResourceQuota, or the server's trouble) or ``rejected`` (the Job itself is wrong)."""
+    if code == 409:
+        return "exists"
+    if code == 403 and "exceeded quota" in message:
+        return "retry"
+    if code in (400, 403, 422):
+        return "rejected"
+    return "retry"
 
 
 def _start_step(

@@ -34,18 +34,16 @@ from eva_operator.plan import (
     Actions,
     ServerFeatures,
     fail,
+    job_refusal,
+    next_wake,
     observe_job,
     observe_pod,
-    parse_time,
     plan,
     rfc3339,
 )
 from eva_runtime.api import LABEL_RUN, LABEL_STEP
 
 log = logging.getLogger("eva_operator")
-
-# How often a step whose Job has made no pod yet is looked at again (its FailedCreate Events).
-NO_POD_RECHECK_SECONDS = 5.0
 
 # (namespace, run) -> the Jobs / Pods of that run, as kopf's indexes keep them.
 Lookup = Callable[[str, str], Iterable[dict[str, Any]]]
@@ -213,7 +211,7 @@ class Reconciler:
             await self.end_tracking(
                 run, acts.status, "FINISHED" if phase == c.SUCCEEDED else "FAILED"
             )
-        wake = _next_deadline(run, acts, jobs, pods, now)
+        wake = next_wake(run, acts.status, jobs, pods, now)
         if wake is not None:
             self.poke_later(namespace, name, wake)
         return acts
@@ -223,11 +221,10 @@ class Reconciler:
         try:
             await with_retries(lambda: self.kube.create(jobs_path(namespace), manifest))
         except KubeError as exc:
-            if exc.status == 409:  # created by an earlier reconciliation or operator instance
+            verdict = job_refusal(exc.status, exc.message)
+            if verdict == "exists":  # created by an earlier reconciliation or operator instance
                 return
-            if exc.status == 403 and "exceeded quota" in exc.message:
-                raise  # a ResourceQuota is full: try again later (with backoff)
-            if exc.status in (400, 403, 422):
+            if verdict == "rejected":
                 fail(
                     acts,
                     c.JOB_REJECTED,
@@ -236,7 +233,7 @@ class Reconciler:
                     None,
                 )
                 return
-            raise
+            raise  # "retry": a full ResourceQuota or trouble on the server; with backoff
         self.metrics.jobs_created.labels(step).inc()
         run = manifest["metadata"]["labels"][LABEL_RUN]
         self._unseen.setdefault((namespace, run), {})[manifest["metadata"]["name"]] = manifest
@@ -321,39 +318,3 @@ class Reconciler:
                 meta.get("name"),
                 exc,
             )
-
-
-def _next_deadline(
-    run: dict[str, Any],
-    acts: Actions,
-    jobs: list[dict[str, Any]],
-    pods: list[dict[str, Any]],
-    now: datetime,
-) -> float | None:
-    """Seconds until the plan's answer could change with time alone (a deadline)."""
-    status = acts.status
-    if status.get("phase") not in (c.RUNNING, c.PENDING):
-        return None
-    policy = (run.get("spec") or {}).get("runPolicy") or {}
-    waits: list[float] = []
-    active = policy.get("activeDeadlineSeconds")
-    started = parse_time(status.get("startTime"))
-    if active and started:
-        waits.append(active - (now - started).total_seconds() + 0.5)
-    pending = policy.get("pendingDeadlineSeconds", 600)
-    current = status.get("job")
-    mine = [p for p in map(observe_pod, pods) if p.job == current]
-    if pending:
-        for p in mine:
-            if p.phase == "Pending":
-                since = parse_time(p.created)
-                if since is not None:
-                    waits.append(pending - (now - since).total_seconds() + 0.5)
-    job = next((j for j in jobs if (j.get("metadata") or {}).get("name") == current), None)
-    if job is not None and not mine and observe_job(job).state == "active":
-        # No pod yet: look again soon (FailedCreate Events), and at the pending deadline.
-        waits.append(NO_POD_RECHECK_SECONDS)
-        since = parse_time((job.get("metadata") or {}).get("creationTimestamp"))
-        if pending and since is not None:
-            waits.append(pending - (now - since).total_seconds() + 0.5)
-    return min(waits) if waits else None

@@ -626,3 +626,34 @@ def test_every_status_the_planner_writes_validates_against_the_generated_schema(
     assert sim.status["phase"] == "Failed"
     keys = {k for s in seen for k in s} | {k for s in seen for h in s["history"] for k in h}
     assert {"history", "conditions", "retries", "heldOutReward", "promptSetDigest"} <= keys
+
+
+def test_the_next_wake_is_the_nearest_deadline_or_a_recheck_of_a_podless_job() -> None:
+    from eva_operator.plan import NO_POD_RECHECK_SECONDS, next_wake
+
+    sim = Sim(make_run({"runPolicy": {"activeDeadlineSeconds": 3600}}))
+    sim.plan()
+    sim.jobs[0]["metadata"]["creationTimestamp"] = rfc3339(T0)
+    now = T0 + timedelta(seconds=100)
+    # No pod yet: look again soon (FailedCreate Events), before any deadline.
+    assert next_wake(sim.run, sim.status, sim.jobs, [], now) == NO_POD_RECHECK_SECONDS
+    # A pending pod: its pending deadline (600 s, the model's default) from its creation.
+    pending = [pod("demo-i0-prepare", 0, "Pending", created=T0)]
+    assert next_wake(sim.run, sim.status, sim.jobs, pending, now) == 600 - 100 + 0.5
+    sim.run["spec"]["runPolicy"]["activeDeadlineSeconds"] = 300
+    assert next_wake(sim.run, sim.status, sim.jobs, pending, now) == 300 - 100 + 0.5
+    running = [pod("demo-i0-prepare", 0, "Running")]
+    sim.run["spec"]["runPolicy"] = {"pendingDeadlineSeconds": 60}
+    assert next_wake(sim.run, sim.status, sim.jobs, running, now) is None
+    done = {**sim.status, "phase": "Succeeded"}
+    assert next_wake(sim.run, done, sim.jobs, pending, now) is None
+
+
+def test_a_refused_job_create_is_classified_without_io() -> None:
+    from eva_operator.plan import job_refusal
+
+    assert job_refusal(409, "already exists") == "exists"
+    assert job_refusal(403, "exceeded quota: compute, requested: nvidia.com/gpu=8") == "retry"
+    assert job_refusal(403, "forbidden: cannot set blockOwnerDeletion") == "rejected"
+    assert job_refusal(422, "spec.template.spec.affinity: Invalid value") == "rejected"
+    assert job_refusal(500, "etcdserver: request timed out") == "retry"

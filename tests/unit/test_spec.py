@@ -158,3 +158,29 @@ def test_the_operator_imports_no_ml_library_nor_pandas() -> None:
         ("torch", "transformers", "trl", "vllm", "mlflow", "pandas", "numpy", "pyarrow"),
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_one_reading_of_a_python_reward_reference() -> None:
+    """The spec, the reward backend and the preflight agree: 'module:Class.method' is a
+    reference, a bare name or a bad path is not."""
+    from eva_runtime.backends.reward import load_function
+    from eva_runtime.spec import parse_function_ref
+
+    assert parse_function_ref("decimal:Decimal.from_float") == ("decimal", "Decimal.from_float")
+    assert parse_function_ref("pkg.mod:fn") == ("pkg.mod", "fn")
+    for bad in ("fn", "mod:", ":fn", "mod:1fn", "mod:fn()", "a b:c", None, 3):
+        assert parse_function_ref(bad) is None, bad
+    assert callable(load_function("decimal:Decimal.from_float"))
+    with pytest.raises(ValueError, match="has no attribute"):
+        load_function("decimal:Decimal.nope")
+    spec = {
+        "apiVersion": "eva.dev/v1alpha1",
+        "kind": "EvaRun",
+        "metadata": {"name": "r"},
+        "spec": {
+            "policy": {"model": "m"},
+            "rewardModel": {"type": "python", "function": "decimal:Decimal.from_float"},
+            "prompts": {"source": "p.jsonl"},
+        },
+    }
+    assert parse_run(spec).spec.reward_model.function == "decimal:Decimal.from_float"
