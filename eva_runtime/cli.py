@@ -331,7 +331,7 @@ def compare(run_a: str, run_b: str, output: str) -> None:
 def summary(run_dir: str) -> None:
     """Print the per-iteration table of a run directory."""
     from eva_runtime.artifacts import RunDir
-    from eva_runtime.runner import print_summary, summary_rows
+    from eva_runtime.summary import print_summary, summary_rows
 
     iterations = sum(1 for p in Path(run_dir).glob("iter-*") if p.is_dir())
     print_summary(summary_rows(RunDir(run_dir), iterations), Path(run_dir))

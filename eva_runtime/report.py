@@ -36,16 +36,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-SECTION_IDS = (
-    "summary",
-    "reward",
-    "heldout",
-    "informativeness",
-    "lineage",
-    "evolutions",
-    "loss",
-)
-COMPARE_SECTION_IDS = ("spec", "summary", "heldout", "reward", "loss")
 BASELINE_NOTE = "creator disabled (baseline)"
 
 FIG_W, FIG_H, DPI = 6.0, 3.5, 100
@@ -305,7 +295,7 @@ class _Run:
 
     def __init__(self, path: str | Path):
         from eva_runtime.errors import InputError
-        from eva_runtime.runner import summary_rows
+        from eva_runtime.summary import summary_rows
 
         self.path = Path(path).resolve()
         if not self.path.is_dir():
@@ -576,7 +566,7 @@ def _summary_section(run: _Run) -> str:
             "Summary",
             run.no_data("generate"),
         )
-    from eva_runtime.runner import SUMMARY_COLUMNS
+    from eva_runtime.summary import SUMMARY_COLUMNS
 
     cols = SUMMARY_COLUMNS
     if not run.creator:

@@ -339,7 +339,6 @@ class JudgeReward:
 # --------------------------------------------------------------------------- python
 
 
-
 class PythonReward:
     """A user's function ``f(prompts, responses) -> scores``, for rule-based or custom rewards.
 

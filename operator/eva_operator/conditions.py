@@ -33,7 +33,6 @@ COND_STEP_BLOCKED = "StepBlocked"
 # Used both as condition reasons and as Event reasons.
 STEP_STARTED = "StepStarted"  # a step's Job was created
 STEP_SUCCEEDED = "StepSucceeded"  # a step's Job completed; its summary is in status.history
-STEP_FAILED = "StepFailed"  # a step's Job failed; it is retried while the backoff allows
 STEP_RETRYING = "StepRetrying"  # a failed step runs again from its last complete shard
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"  # a step failed more than runPolicy.backoffLimit
 POD_PENDING_TOO_LONG = "PodPendingTooLong"  # a pod stayed Pending past pendingDeadlineSeconds

@@ -8,41 +8,68 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from eva_operator.jobs import StepDefaults
 
 
-def _json(name: str, default: Any) -> Any:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}: not valid JSON ({exc})") from None
+class _Env:
+    """Typed reads of the environment, each bad value named with its variable."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self.environ = environ
+
+    def opt(self, name: str) -> str | None:
+        return self.environ.get(name, "").strip() or None
+
+    def list(self, name: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.environ.get(name, "").split(",") if x.strip())
+
+    def json(self, name: str, default: Any) -> Any:
+        raw = self.opt(name)
+        if raw is None:
+            return default
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"environment variable {name}: not valid JSON ({exc})") from None
+
+    def int(self, name: str, default: int, low: int = 0, high: int = 65535) -> int:
+        raw = self.opt(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={raw!r}: not an integer") from None
+        if not low <= value <= high:
+            raise ValueError(f"environment variable {name}={value}: must be in {low}..{high}")
+        return value
+
+    def positive(self, name: str, default: float) -> float:
+        raw = self.opt(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r}: not a number") from None
+        if not 0 < value < float("inf"):
+            raise ValueError(f"{name}={raw!r}: must be positive")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.opt(name) or default
+        match = next((c for c in choices if c.lower() == value.lower()), None)
+        if match is None:
+            raise ValueError(f"{name}={value!r}: one of {', '.join(choices)}")
+        return match
 
 
-def _list(name: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in os.environ.get(name, "").split(",") if x.strip())
-
-
-def _opt(name: str) -> str | None:
-    return os.environ.get(name, "").strip() or None
-
-
-def _int(name: str, default: int, low: int = 0, high: int = 65535) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r}: not an integer") from None
-    if not low <= value <= high:
-        raise ValueError(f"environment variable {name}={value}: must be in {low}..{high}")
-    return value
+WEBHOOK_MODES = ("off", "cert-manager", "self-managed", "insecure")
+FAILURE_POLICIES = ("Ignore", "Fail")
 
 
 @dataclass(frozen=True)
@@ -90,54 +117,48 @@ class OperatorConfig:
     steps: StepDefaults = field(default_factory=StepDefaults)
 
     @classmethod
-    def from_env(cls) -> OperatorConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        """The settings from ``environ`` (default: the process environment); unset or empty
+        variables keep the defaults above."""
+        e = _Env(os.environ if environ is None else environ)
         d = StepDefaults()
         steps = StepDefaults(
-            image=_opt("EVA_STEP_IMAGE") or d.image,
-            image_pull_policy=_opt("EVA_STEP_IMAGE_PULL_POLICY") or d.image_pull_policy,
-            image_pull_secrets=_list("EVA_STEP_IMAGE_PULL_SECRETS"),
-            service_account_name=_opt("EVA_STEP_SERVICE_ACCOUNT"),
-            claim_name=_opt("EVA_ARTIFACT_CLAIM"),
-            node_selector=_json("EVA_STEP_NODE_SELECTOR", {}),
-            tolerations=tuple(_json("EVA_STEP_TOLERATIONS", [])),
-            affinity=_json("EVA_STEP_AFFINITY", None),
-            priority_class_name=_opt("EVA_STEP_PRIORITY_CLASS"),
-            mlflow_tracking_uri=_opt("EVA_MLFLOW_TRACKING_URI"),
-            pushgateway_url=_opt("EVA_PUSHGATEWAY_URL"),
-            gpu_resource=_opt("EVA_GPU_RESOURCE") or d.gpu_resource,
+            image=e.opt("EVA_STEP_IMAGE") or d.image,
+            image_pull_policy=e.opt("EVA_STEP_IMAGE_PULL_POLICY") or d.image_pull_policy,
+            image_pull_secrets=e.list("EVA_STEP_IMAGE_PULL_SECRETS"),
+            service_account_name=e.opt("EVA_STEP_SERVICE_ACCOUNT"),
+            claim_name=e.opt("EVA_ARTIFACT_CLAIM"),
+            node_selector=e.json("EVA_STEP_NODE_SELECTOR", {}),
+            tolerations=tuple(e.json("EVA_STEP_TOLERATIONS", [])),
+            affinity=e.json("EVA_STEP_AFFINITY", None),
+            priority_class_name=e.opt("EVA_STEP_PRIORITY_CLASS"),
+            mlflow_tracking_uri=e.opt("EVA_MLFLOW_TRACKING_URI"),
+            pushgateway_url=e.opt("EVA_PUSHGATEWAY_URL"),
+            gpu_resource=e.opt("EVA_GPU_RESOURCE") or d.gpu_resource,
         )
-        mode = (_opt("EVA_WEBHOOK_MODE") or "off").lower()
-        if mode not in ("off", "cert-manager", "self-managed", "insecure"):
-            raise ValueError(
-                f"EVA_WEBHOOK_MODE={mode!r}: one of off, cert-manager, self-managed, insecure"
-            )
-        policy = (_opt("EVA_WEBHOOK_FAILURE_POLICY") or "Ignore").capitalize()
-        if policy not in ("Ignore", "Fail"):
-            raise ValueError(f"EVA_WEBHOOK_FAILURE_POLICY={policy!r}: one of Ignore, Fail")
-        url = _opt("EVA_WEBHOOK_URL")
+        url = e.opt("EVA_WEBHOOK_URL")
         if url is not None and not url.startswith("https://"):
             raise ValueError(f"EVA_WEBHOOK_URL={url!r}: must be an https:// URL")
-        resync = os.environ.get("EVA_OPERATOR_RESYNC_SECONDS", "").strip() or "60"
-        try:
-            resync_seconds = float(resync)
-        except ValueError:
-            raise ValueError(f"EVA_OPERATOR_RESYNC_SECONDS={resync!r}: not a number") from None
-        if not 0 < resync_seconds < float("inf"):
-            raise ValueError(f"EVA_OPERATOR_RESYNC_SECONDS={resync!r}: must be positive")
         return cls(
-            namespaces=_list("EVA_WATCH_NAMESPACES"),
-            bind_address=_opt("EVA_OPERATOR_BIND_ADDRESS") or "0.0.0.0",
-            metrics_port=_int("EVA_OPERATOR_METRICS_PORT", 8080),
-            health_port=_int("EVA_OPERATOR_HEALTH_PORT", 8081),
-            resync_seconds=resync_seconds,
-            webhook_mode=mode,
-            webhook_port=_int("EVA_WEBHOOK_PORT", 9443, low=1),
-            webhook_cert_dir=os.environ.get("EVA_WEBHOOK_CERT_DIR", "/certs"),
-            webhook_service=_opt("EVA_WEBHOOK_SERVICE") or "eva-operator-webhook",
-            webhook_namespace=_opt("EVA_WEBHOOK_NAMESPACE") or _opt("POD_NAMESPACE") or "default",
-            webhook_configuration=_opt("EVA_WEBHOOK_CONFIGURATION") or "eva-operator.eva.dev",
+            namespaces=e.list("EVA_WATCH_NAMESPACES"),
+            bind_address=e.opt("EVA_OPERATOR_BIND_ADDRESS") or cls.bind_address,
+            metrics_port=e.int("EVA_OPERATOR_METRICS_PORT", cls.metrics_port),
+            health_port=e.int("EVA_OPERATOR_HEALTH_PORT", cls.health_port),
+            resync_seconds=e.positive("EVA_OPERATOR_RESYNC_SECONDS", cls.resync_seconds),
+            webhook_mode=e.choice("EVA_WEBHOOK_MODE", cls.webhook_mode, WEBHOOK_MODES),
+            webhook_port=e.int("EVA_WEBHOOK_PORT", cls.webhook_port, low=1),
+            webhook_cert_dir=e.opt("EVA_WEBHOOK_CERT_DIR") or cls.webhook_cert_dir,
+            webhook_service=e.opt("EVA_WEBHOOK_SERVICE") or cls.webhook_service,
+            webhook_namespace=(
+                e.opt("EVA_WEBHOOK_NAMESPACE") or e.opt("POD_NAMESPACE") or cls.webhook_namespace
+            ),
+            webhook_configuration=e.opt("EVA_WEBHOOK_CONFIGURATION") or cls.webhook_configuration,
             webhook_url=url,
-            webhook_failure_policy=policy,
-            webhook_timeout_seconds=_int("EVA_WEBHOOK_TIMEOUT_SECONDS", 10, low=1, high=30),
+            webhook_failure_policy=e.choice(
+                "EVA_WEBHOOK_FAILURE_POLICY", cls.webhook_failure_policy, FAILURE_POLICIES
+            ),
+            webhook_timeout_seconds=e.int(
+                "EVA_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds, low=1, high=30
+            ),
             steps=steps,
         )

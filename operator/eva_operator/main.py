@@ -47,18 +47,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Flags win over the environment; the process environment itself is left as it is.
+    environ = dict(os.environ)
     if args.namespace:
-        os.environ["EVA_WATCH_NAMESPACES"] = ",".join(args.namespace)
+        environ["EVA_WATCH_NAMESPACES"] = ",".join(args.namespace)
     if args.all_namespaces:
-        os.environ["EVA_WATCH_NAMESPACES"] = ""
-    if args.bind_address is not None:
-        os.environ["EVA_OPERATOR_BIND_ADDRESS"] = args.bind_address
-    if args.metrics_port is not None:
-        os.environ["EVA_OPERATOR_METRICS_PORT"] = str(args.metrics_port)
-    if args.health_port is not None:
-        os.environ["EVA_OPERATOR_HEALTH_PORT"] = str(args.health_port)
+        environ["EVA_WATCH_NAMESPACES"] = ""
+    for name, value in (
+        ("EVA_OPERATOR_BIND_ADDRESS", args.bind_address),
+        ("EVA_OPERATOR_METRICS_PORT", args.metrics_port),
+        ("EVA_OPERATOR_HEALTH_PORT", args.health_port),
+    ):
+        if value is not None:
+            environ[name] = str(value)
     try:
-        cfg = OperatorConfig.from_env()
+        cfg = OperatorConfig.from_env(environ)
     except ValueError as exc:
         print(f"eva-operator: {exc}", file=sys.stderr)
         sys.exit(2)
