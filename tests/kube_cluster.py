@@ -34,7 +34,7 @@ import aiohttp
 import pytest
 import yaml
 
-from operator_harness import Outcome, invoke, prepare_container
+from operator_harness import Outcome, container_status, invoke, prepare_container
 from prom_tools import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -503,16 +503,7 @@ class StandInNode:
         status = {
             "phase": phase,
             "startTime": (pod.get("status") or {}).get("startTime") or _now(),
-            "containerStatuses": [
-                {
-                    "name": container["name"],
-                    "image": container["image"],
-                    "imageID": "",
-                    "ready": phase == "Running",
-                    "restartCount": 0,
-                    "state": state,
-                }
-            ],
+            "containerStatuses": [container_status(container, phase, state)],
         }
         code, data = await self.api.call("PATCH", self._path(pod), {"status": status})
         if code >= 300 and code != 404:

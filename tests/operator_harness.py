@@ -409,16 +409,7 @@ class JobController:
             "spec": tmpl["spec"],
             "status": {
                 "phase": phase,
-                "containerStatuses": [
-                    {
-                        "name": container["name"],
-                        "image": container["image"],
-                        "imageID": "",
-                        "ready": phase == "Running",
-                        "restartCount": 0,
-                        "state": state,
-                    }
-                ],
+                "containerStatuses": [container_status(container, phase, state)],
             },
         }
         status, data = await self.api.call(
@@ -483,6 +474,18 @@ class JobController:
 
 
 # --------------------------------------------------------------------------- a container
+
+
+def container_status(container: dict[str, Any], phase: str, state: dict[str, Any]) -> dict:
+    """A pod's status entry for its one container, complete as a kubelet writes it."""
+    return {
+        "name": container["name"],
+        "image": container["image"],
+        "imageID": "",
+        "ready": phase == "Running",
+        "restartCount": 0,
+        "state": state,
+    }
 
 
 @dataclass

@@ -518,6 +518,14 @@ def _clear_blocked(acts: Actions, message: str, ts: str, gen: int | None) -> Non
     )
 
 
+def current_job(status: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The Job of the step the status says is running, if it is among ``jobs``."""
+    name = status.get("job")
+    if not name:
+        return None
+    return next((j for j in jobs if (j.get("metadata") or {}).get("name") == name), None)
+
+
 def next_wake(
     run: dict[str, Any],
     status: dict[str, Any],
@@ -546,7 +554,7 @@ def next_wake(
                 since = parse_time(p.created)
                 if since is not None:
                     waits.append(pending - (now - since).total_seconds() + 0.5)
-    job = next((j for j in jobs if (j.get("metadata") or {}).get("name") == current), None)
+    job = current_job(status, jobs)
     if job is not None and not mine and observe_job(job).state == "active":
         waits.append(NO_POD_RECHECK_SECONDS)
         since = parse_time((job.get("metadata") or {}).get("creationTimestamp"))

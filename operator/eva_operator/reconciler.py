@@ -33,6 +33,7 @@ from eva_operator.metrics import OperatorMetrics
 from eva_operator.plan import (
     Actions,
     ServerFeatures,
+    current_job,
     fail,
     job_refusal,
     next_wake,
@@ -249,12 +250,10 @@ class Reconciler:
 
         The pod watch may lag the Job watch by a moment; the API has the pods already.
         """
-        current = (run.get("status") or {}).get("job")
-        if not current:
-            return pods
-        job = next((j for j in jobs if (j.get("metadata") or {}).get("name") == current), None)
+        job = current_job(run.get("status") or {}, jobs)
         if job is None or observe_job(job).state not in ("succeeded", "failed"):
             return pods
+        current = observe_job(job).name
         mine = [p for p in pods if observe_pod(p).job == current]
         if any(observe_pod(p).termination_message for p in mine):
             return pods
@@ -273,10 +272,10 @@ class Reconciler:
         pods: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
         """The Events of the current Job while it has no pod: why the API refuses its pods."""
-        current = (run.get("status") or {}).get("job")
-        job = next((j for j in jobs if (j.get("metadata") or {}).get("name") == current), None)
+        job = current_job(run.get("status") or {}, jobs)
         if job is None or observe_job(job).state != "active":
             return []
+        current = observe_job(job).name
         if any(observe_pod(p).job == current for p in pods):
             return []
         selector = f"involvedObject.kind=Job,involvedObject.name={current}"
