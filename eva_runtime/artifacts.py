@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ import pandas as pd
 
 from eva_runtime.errors import StepError
 from eva_runtime.spec import PREPARE, STEPS
+
+MANIFEST = "evarun.yaml"  # the run's manifest, beside its artifacts
+_ITER = re.compile(r"iter-(\d+)")
 
 SUCCESS = "_SUCCESS.json"
 
@@ -112,6 +116,25 @@ class RunDir:
 
     def prepare(self) -> StepDir:
         return StepDir(self.path / PREPARE)
+
+    def iterations(self) -> list[int]:
+        """The iterations that have a folder (``iter-<t>``), in order."""
+        if not self.path.is_dir():
+            return []
+        return sorted(
+            int(m.group(1))
+            for p in self.path.iterdir()
+            if p.is_dir() and (m := _ITER.fullmatch(p.name))
+        )
+
+    def write_manifest(self, text: str) -> None:
+        """Keep the run's manifest (``evarun.yaml``) beside its artifacts; written atomically,
+        and only when it changed."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / MANIFEST
+        data = text.encode()
+        if not path.exists() or path.read_bytes() != data:
+            atomic_write_bytes(path, data)
 
     def step(self, iteration: int, step: str) -> StepDir:
         if step not in STEPS:

@@ -230,14 +230,10 @@ def _phase_spec(spec_file: str | None) -> EvaRun:
 
 def _record_manifest(run: EvaRun, run_dir: Path) -> None:
     """Keep the manifest beside the artifacts, so `eva report` and `eva track` can read it."""
-    from eva_runtime.artifacts import atomic_write_bytes
+    from eva_runtime.artifacts import RunDir
     from eva_runtime.spec import dump_run
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    text = dump_run(run).encode()
-    path = run_dir / "evarun.yaml"
-    if not path.exists() or path.read_bytes() != text:
-        atomic_write_bytes(path, text)
+    RunDir(run_dir).write_manifest(dump_run(run))
 
 
 def _write_termination(path: str, message: dict) -> None:
@@ -333,8 +329,8 @@ def summary(run_dir: str) -> None:
     from eva_runtime.artifacts import RunDir
     from eva_runtime.summary import print_summary, summary_rows
 
-    iterations = sum(1 for p in Path(run_dir).glob("iter-*") if p.is_dir())
-    print_summary(summary_rows(RunDir(run_dir), iterations), Path(run_dir))
+    rd = RunDir(run_dir)
+    print_summary(summary_rows(rd, len(rd.iterations())), Path(run_dir))
 
 
 @main.command()

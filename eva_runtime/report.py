@@ -45,7 +45,6 @@ TOP_SEEDS = 25  # seed prompts shown in the descendants chart
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_ITER = re.compile(r"iter-(\d+)")
 
 _CSS = """
 *{box-sizing:border-box}
@@ -315,11 +314,7 @@ class _Run:
         self.namespace = str(
             _get(doc, "metadata", "namespace", default=None) or self.path.parent.name
         )
-        self.iterations = sorted(
-            int(m.group(1))
-            for p in self.path.iterdir()
-            if p.is_dir() and (m := _ITER.fullmatch(p.name))
-        )
+        self.iterations = RunDir(self.path).iterations()
         enabled = _get(self.spec, "creator", "enabled", default=None)
         if enabled is None:  # the spec's default, or a guess from the folders without one
             enabled = (

@@ -19,7 +19,7 @@ from eva_runtime.artifacts import RunDir
 from eva_runtime.errors import EvaError, InputError
 from eva_runtime.phases import Context, run_phase, steps_for
 from eva_runtime.progress import console, note, warn
-from eva_runtime.spec import EvaRun, sharded, spec_changes
+from eva_runtime.spec import EvaRun, mutable_fields_text, sharded, spec_changes
 from eva_runtime.summary import print_summary, summary_rows
 
 
@@ -108,10 +108,9 @@ def run_all(
             raise EvaError(
                 f"{path} holds this run with a different spec ({', '.join(changed)}); its "
                 "complete steps would not match. Use another --workdir or metadata.name, or "
-                "delete the folder (only spec.iterations, resources, runPolicy and credentials may "
-                "change between runs)"
+                f"delete the folder (only {mutable_fields_text()} may change between runs)"
             )
-    recorded.write_text(_manifest(run))
+    RunDir(path).write_manifest(_manifest(run))
     ctx = Context(run=run, run_dir=RunDir(path))
     tracker = _tracker(run, path) if tracking else None
     note(f"eva run {run.namespace}/{run.name}: {run.spec.iterations} iterations in {path}")

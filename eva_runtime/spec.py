@@ -697,6 +697,11 @@ def load_run(path: str | Path) -> EvaRun:
 MUTABLE_FIELDS = ("spec.iterations", "spec.resources", "spec.runPolicy", "spec.credentials")
 
 
+def mutable_fields_text() -> str:
+    """``MUTABLE_FIELDS`` as a phrase for messages."""
+    return ", ".join(MUTABLE_FIELDS[:-1]) + " and " + MUTABLE_FIELDS[-1]
+
+
 def spec_changes(old: EvaRun, new: EvaRun) -> list[str]:
     """The fields (camelCase paths) that differ and may not change under a started run."""
 

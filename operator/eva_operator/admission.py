@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from eva_operator.jobs import NO_CLAIM, StepDefaults, artifact_claim
-from eva_runtime.spec import SpecError, parse_run, spec_changes
+from eva_runtime.spec import SpecError, mutable_fields_text, parse_run, spec_changes
 
 
 def _manifest(body: dict[str, Any]) -> dict[str, Any]:
@@ -61,8 +61,8 @@ def review(
         if started and before is not None:
             for path in spec_changes(before, new):
                 problems.append(
-                    f"{path}: cannot change while the run exists (only iterations, resources, "
-                    "runPolicy and credentials can); create a new EvaRun instead"
+                    f"{path}: cannot change while the run exists (only {mutable_fields_text()} "
+                    "can); create a new EvaRun instead"
                 )
             reached = int((old.get("status") or {}).get("iteration") or 0)
             if new.spec.iterations <= reached:
