@@ -34,7 +34,7 @@ import aiohttp
 import pytest
 import yaml
 
-from operator_harness import Outcome, container_status, invoke, prepare_container
+from operator_harness import Api, Outcome, container_status, invoke, prepare_container
 from prom_tools import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -371,41 +371,17 @@ def running_control_plane(workdir: Path) -> Iterator[ControlPlane]:
 # --------------------------------------------------------------------------- an API client
 
 
-class KubeApi:
-    """Plain HTTPS to the API server under one identity (a bearer token), as kubectl talks."""
+class KubeApi(Api):
+    """HTTPS to the real API server under one identity (a bearer token), as kubectl talks."""
 
     def __init__(self, cp: ControlPlane, token: str | None = None):
         self.cp = cp
         self.token = token or cp.admin_token
-        ctx = ssl.create_default_context(cafile=str(cp.ca_file))
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ctx),
+        super().__init__(
+            cp.url,
+            ssl=ssl.create_default_context(cafile=str(cp.ca_file)),
             headers={"Authorization": f"Bearer {self.token}"},
         )
-
-    async def close(self) -> None:
-        await self.session.close()
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        content_type: str | None = None,
-        params: dict[str, str] | None = None,
-    ) -> tuple[int, Any]:
-        headers = {}
-        if method == "PATCH":
-            headers["Content-Type"] = content_type or "application/merge-patch+json"
-        async with self.session.request(
-            method, self.cp.url + path, json=body, headers=headers, params=params
-        ) as resp:
-            try:
-                data = await resp.json(content_type=None)
-            except ValueError:
-                data = await resp.text()
-            return resp.status, data
 
     async def ok(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         status, data = await self.call(method, path, body, **kw)

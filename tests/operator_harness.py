@@ -104,21 +104,31 @@ async def running_cluster() -> AsyncIterator[Cluster]:
 
 
 class Api:
-    """Plain HTTP to the emulator, as kubectl would talk to it."""
+    """Plain HTTP(S) to an API server (KMock's, or a real one with TLS and a token), as
+    kubectl would talk to it."""
 
-    def __init__(self, server: str):
+    def __init__(self, server: str, *, ssl: Any = None, headers: dict[str, str] | None = None):
         self.server = server.rstrip("/")
-        self.session = aiohttp.ClientSession()
+        connector = aiohttp.TCPConnector(ssl=ssl) if ssl is not None else None
+        self.session = aiohttp.ClientSession(connector=connector, headers=headers)
 
     async def close(self) -> None:
         await self.session.close()
 
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         headers = {}
         if method == "PATCH":
-            headers["Content-Type"] = "application/merge-patch+json"
+            headers["Content-Type"] = content_type or "application/merge-patch+json"
         async with self.session.request(
-            method, self.server + path, json=body, headers=headers
+            method, self.server + path, json=body, headers=headers, params=params
         ) as resp:
             try:
                 data = await resp.json(content_type=None)

@@ -675,7 +675,7 @@ def fail(acts: Actions, reason: str, message: str, ts: str, generation: int | No
     s["conditions"] = s.get("conditions") or []
     _clear_blocked(acts, "the run failed", ts, generation)
     s["conditions"] = c.set_condition(
-        s.get("conditions") or [], c.COND_RUNNING, False, reason, message, ts, generation
+        s["conditions"], c.COND_RUNNING, False, reason, message, ts, generation
     )
     s["conditions"] = c.set_condition(
         s["conditions"], c.COND_FAILED, True, reason, message, ts, generation
