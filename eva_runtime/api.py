@@ -23,6 +23,13 @@ LABEL_ITERATION: Final = f"{GROUP}/iteration"
 LABEL_STEP: Final = f"{GROUP}/step"
 LABEL_ATTEMPT: Final = f"{GROUP}/attempt"
 
+# Labels `eva sweep --emit` puts on each EvaRun of a sweep (the operator exports them in
+# eva_operator_run_info, so dashboards can pick a sweep's runs).
+LABEL_SWEEP: Final = f"{GROUP}/sweep"
+LABEL_SWEEP_CELL: Final = f"{GROUP}/sweep-cell"
+LABEL_SEED: Final = f"{GROUP}/seed"
+ANNOTATION_SWEEP_OVERRIDES: Final = f"{GROUP}/sweep-overrides"
+
 # Run phases (status.phase).
 PENDING: Final = "Pending"  # accepted, no step started yet
 RUNNING: Final = "Running"  # a step Job exists or is about to

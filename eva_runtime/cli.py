@@ -5,6 +5,10 @@
   eva phase STEP [--spec FILE] --run-dir DIR --iteration T [--shard I --num-shards N]
                                    one step (what a Kubernetes Job runs)
   eva summary RUN_DIR              the per-iteration table of a run directory
+  eva sweep FILE --seeds 42,1,2 --set PATH=V1,V2 [--set ...] (--workdir DIR | --emit DIR)
+                                   a grid of cells x seeds, each an ordinary run
+  eva sweep report DIR [-o FILE.html]
+                                   mean, standard error and paired differences per cell
   eva crd [-o FILE]                the EvaRun CustomResourceDefinition, from the spec model
 
 Errors a user can cause print one message and exit 2, without a traceback.
@@ -106,7 +110,7 @@ def run(
     try:
         r = load_run(file)
         if iterations is not None:
-            r.spec.iterations = iterations
+            r = _with_iterations(r, iterations)
         run_all(
             r,
             workdir,
@@ -331,6 +335,144 @@ def summary(run_dir: str) -> None:
 
     rd = RunDir(run_dir)
     print_summary(summary_rows(rd, len(rd.iterations())), Path(run_dir))
+
+
+class _SweepGroup(click.Group):
+    """``eva sweep FILE ...`` runs a sweep; ``eva sweep report DIR`` renders one."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        return ("" if name == "run" else name), cmd, rest  # usage reads `eva sweep FILE`
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        run = self.commands["run"]
+        with click.Context(run, info_name=ctx.info_name, parent=ctx.parent) as sub:
+            run.format_help(sub, formatter)
+        formatter.write_paragraph()
+        formatter.write_text("eva sweep report DIR [-o FILE.html]: render a sweep (see --help).")
+
+
+@main.group(cls=_SweepGroup)
+def sweep() -> None:
+    """Sweeps over seeds and spec variants: eva sweep FILE ..., eva sweep report DIR."""
+
+
+@sweep.command("run", hidden=True)
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--seeds", required=True, help="Comma-separated seeds, e.g. 42,1,2.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="PATH=V1,V2",
+    help="A spec field (camelCase, e.g. creator.enabled) and its values; repeat for a grid.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="The sweep folder (default: ./eva-sweeps/<name>).",
+)
+@click.option(
+    "--emit",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write one EvaRun manifest per cell and seed here instead of running.",
+)
+@click.option("--name", default=None, help="The sweep's name (default: the manifest's name).")
+@click.option("--iterations", type=int, default=None, help="Override spec.iterations.")
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+def sweep_run(
+    file: str,
+    seeds: str,
+    sets: tuple[str, ...],
+    workdir: str | None,
+    emit: str | None,
+    name: str | None,
+    iterations: int | None,
+    no_tracking: bool,
+) -> None:
+    """Run (or --emit) the grid of --set values x --seeds over the manifest FILE."""
+    from eva_runtime.sweep import emit_sweep, grid, parse_seeds, parse_set, run_sweep
+
+    try:
+        if workdir and emit:
+            raise EvaError("--workdir and --emit: give one (run here, or write manifests)")
+        base = load_run(file)
+        if iterations is not None:
+            base = _with_iterations(base, iterations)
+        seed_list = parse_seeds(seeds)
+        cells = grid([parse_set(s) for s in sets])
+        sweep_name = name or base.name
+        if emit:
+            written = emit_sweep(base, cells, seed_list, Path(emit), sweep=sweep_name)
+            click.echo(f"wrote {len(written)} EvaRun manifests to {emit} (kubectl apply -f {emit})")
+            return
+        root = Path(workdir or Path("eva-sweeps") / sweep_name)
+        failures = run_sweep(
+            base, cells, seed_list, root, sweep=sweep_name, tracking=not no_tracking
+        )
+    except SpecError as exc:
+        _fail(str(exc))
+    except (EvaError, ValueError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: run the same command again to continue", err=True)
+        sys.exit(130)
+    click.echo(f"sweep folder: {root} (eva sweep report {root})")
+    if failures:
+        for cell, seed, message in failures:
+            click.echo(f"failed: cell {cell.name}, seed {seed}: {message}", err=True)
+        sys.exit(1)
+
+
+@sweep.command("report")
+@click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The HTML page (default: DIR/sweep-report.html; .md and .csv are written beside it).",
+)
+@click.option(
+    "--reference",
+    default=None,
+    help="The cell others are compared with (its name, e.g. creator.enabled=false; default: "
+    "the one cell with the creator off, else the first).",
+)
+def sweep_report(sweep_dir: str, output: str | None, reference: str | None) -> None:
+    """Per cell: mean and standard error over seeds; paired differences with the reference.
+
+    The last line on stdout is one JSON object (for scripts).
+    """
+    from eva_runtime.sweep_report import write_sweep_report
+
+    try:
+        summary, paths = write_sweep_report(sweep_dir, output, reference=reference)
+    except (EvaError, ValueError) as exc:
+        _fail(str(exc))
+    for p in paths:
+        click.echo(str(p))
+    click.echo(json.dumps(summary, sort_keys=True, default=str))
+
+
+def _with_iterations(run: EvaRun, iterations: int) -> EvaRun:
+    from eva_runtime.spec import parse_run
+
+    doc = run.model_dump(by_alias=True, exclude_none=True, mode="json")
+    doc["spec"]["iterations"] = iterations
+    try:
+        return parse_run(doc, "--iterations")
+    except SpecError as exc:
+        raise EvaError(str(exc)) from None
 
 
 @main.command()

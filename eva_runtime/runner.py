@@ -89,15 +89,18 @@ def run_all(
     tracking: bool = True,
     metrics_port: int | None = None,
     pushgateway: str | None = None,
+    run_dir: Path | None = None,
 ) -> RunResult:
     """Every step of every iteration; MLflow gets each step as it completes.
 
     Tracking never stops the run: when MLflow is unreachable the step is logged at the
     next sync (the run directory is the buffer), and ``eva track RUN_DIR`` flushes it later.
+    ``run_dir`` (default: under ``workdir``, see :func:`run_dir_for`) is where the artifacts
+    go; a sweep puts each run in its cell's folder.
     """
     if check:
         preflight(run)
-    path = run_dir_for(run, workdir)
+    path = run_dir if run_dir is not None else run_dir_for(run, workdir)
     path.mkdir(parents=True, exist_ok=True)
     recorded = path / "evarun.yaml"
     if recorded.exists():

@@ -55,6 +55,57 @@ def summary_rows(rd: RunDir, iterations: int) -> list[dict[str, Any]]:
     return rows
 
 
+# What a run spent, per iteration: (key, title, (step, counts key) summed). Runs are compared
+# at equal compute by these (``eva sweep report``); evaluation is the same work for every
+# cell of a sweep, so it is counted apart from what the loop spent to train.
+SPEND_FIELDS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "generated_responses",
+        "responses generated",
+        (("generate", "responses"), ("generate-evolved", "responses")),
+    ),
+    (
+        "generated_tokens",
+        "tokens generated",
+        (("generate", "tokens"), ("generate-evolved", "tokens"), ("create", "evolve_tokens")),
+    ),
+    ("evolve_requests", "evolver requests", (("create", "evolve_requests"),)),
+    ("pairs", "pairs trained", (("train", "pairs"),)),
+    ("train_tokens", "training tokens", (("train", "train_tokens"),)),
+    ("train_steps", "optimizer steps", (("train", "steps"),)),
+    ("eval_tokens", "evaluation tokens", (("evaluate", "tokens"),)),
+)
+
+
+def spend(rd: RunDir, iterations: int) -> list[dict[str, Any]]:
+    """What each complete iteration spent: the SPEND_FIELDS and wall seconds per step.
+
+    An iteration is listed once its train step is complete (what it spent to train is known);
+    steps recorded before a field existed count it as 0.
+    """
+    from eva_runtime.spec import ALL_STEPS
+
+    out = []
+    for t in range(iterations):
+        if not rd.step(t, "train").complete():
+            break
+        summaries = {
+            s: rd.step(t, s).summary()
+            for s in ALL_STEPS
+            if s != "prepare" and rd.step(t, s).complete()
+        }
+        row: dict[str, Any] = {"iteration": t}
+        for key, _title, parts in SPEND_FIELDS:
+            row[key] = sum(
+                int(summaries[s]["counts"].get(k) or 0) for s, k in parts if s in summaries
+            )
+        row["seconds"] = {
+            s: float(m.get("timings", {}).get("seconds", 0.0)) for s, m in summaries.items()
+        }
+        out.append(row)
+    return out
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"

@@ -70,7 +70,7 @@ def run_create(ctx: Context, iteration: int) -> dict:
 
     parents = by_id.loc[[ids[i] for i in selected]].reset_index()
     parent_score = dict(zip(ids, scores, strict=True))
-    evolved, dropped = _evolve(ctx, iteration, parents, prompts, seed)
+    evolved, dropped, evolve_tokens = _evolve(ctx, iteration, parents, prompts, seed)
     evolved["parent_informativeness"] = evolved["parent_id"].map(parent_score).astype("float64")
     write_parquet(sd.path / "evolved.parquet", evolved)
     write_parquet(sd.path / "dropped.parquet", dropped)
@@ -101,6 +101,7 @@ def run_create(ctx: Context, iteration: int) -> dict:
         "evolve_requests": int(selected.size * c.evolve.variants_per_prompt)
         if c.evolve.method != "none"
         else 0,
+        "evolve_tokens": evolve_tokens,
         "evolved": len(evolved),
         "dropped": len(dropped),
         **{f"dropped_{k}": int(v) for k, v in reasons.items()},
@@ -119,7 +120,8 @@ def run_create(ctx: Context, iteration: int) -> dict:
 
 def _evolve(
     ctx: Context, iteration: int, parents: pd.DataFrame, prompts: pd.DataFrame, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(evolved prompts, dropped candidates, tokens the evolver generated)."""
     c = ctx.spec.creator
     empty_dropped = pd.DataFrame(
         {"parent_id": [], "method": [], "reply": [], "parsed": [], "reason": []}
@@ -127,7 +129,7 @@ def _evolve(
     if c.evolve.method == "none" or parents.empty:
         # Select only: the kept prompts themselves are the next set's new part.
         out = parents.assign(method="select", iteration=iteration, origin="evolved")
-        return out[LINEAGE].reset_index(drop=True), empty_dropped
+        return out[LINEAGE].reset_index(drop=True), empty_dropped, 0
     from eva_runtime.backends.generation import SamplingParams
 
     ev = c.evolve.evolver
@@ -205,4 +207,4 @@ def _evolve(
         ],
         columns=["parent_id", "method", "reply", "parsed", "reason"],
     ).astype("string")
-    return evolved, dropped
+    return evolved, dropped, sum(o.num_tokens for outs in replies for o in outs)

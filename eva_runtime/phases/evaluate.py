@@ -46,6 +46,7 @@ def run_evaluate(ctx: Context, iteration: int) -> dict:
         seed=derive_seed(ctx.spec.seed, "evaluate"),
     )
     rm = ctx.reward_model()
+    generated = []  # what this step generated (a reused previous policy's answers cost nothing)
     try:
         prev = None
         if iteration > 0:
@@ -64,6 +65,7 @@ def run_evaluate(ctx: Context, iteration: int) -> dict:
                 label=f"iter {iteration} evaluate (previous policy)",
                 reward_model=rm,
             ).assign(policy="previous")
+            generated.append(prev)
         new = generate_and_score(
             ctx,
             heldout,
@@ -73,6 +75,7 @@ def run_evaluate(ctx: Context, iteration: int) -> dict:
             label=f"iter {iteration} evaluate (new policy)",
             reward_model=rm,
         ).assign(policy="new")
+        generated.append(new)
     finally:
         rm.close()
     both = pd.concat([prev, new], ignore_index=True)
@@ -89,6 +92,8 @@ def run_evaluate(ctx: Context, iteration: int) -> dict:
         else 0.0,
         "win_rate": win_rate(paired["reward_new"].to_numpy(), paired["reward_prev"].to_numpy()),
         "truncated_new": int((new["finish_reason"] == "length").sum()),
+        "responses": sum(len(f) for f in generated),
+        "tokens": int(sum(f["num_tokens"].sum() for f in generated)),
     }
     note(
         f"iter {iteration} evaluate: held-out reward {counts['reward_previous']:.4f} -> "

@@ -142,8 +142,8 @@ def run_train(ctx: Context, iteration: int) -> dict:
                 f"{policy!r} is not a local folder that could be carried over"
             )
         shutil.copytree(policy, sd.path / "model")
-        return sd.finish({**counts, "steps": 0, "trained": 0}, policy=policy)
-    from eva_runtime.solver.train import train_policy
+        return sd.finish({**counts, "steps": 0, "trained": 0, "train_tokens": 0}, policy=policy)
+    from eva_runtime.solver.train import pair_tokens, train_policy
 
     settings = train_settings(ctx, len(pairs), iteration)
     history: list[dict] = []
@@ -187,12 +187,14 @@ def run_train(ctx: Context, iteration: int) -> dict:
             settings=settings,
             on_log=on_log,
         )
+    tokens = pair_tokens(records, policy, settings.max_length)
     hist = pd.DataFrame(result.history or history)
     write_parquet(sd.path / "history.parquet", hist.astype("float64", errors="ignore"))
     counts.update(
         {
             "steps": result.steps,
             "trained": 1,
+            "train_tokens": int(tokens * settings.epochs),
             "train_loss": float(result.train_loss) if result.train_loss is not None else None,
             "reward_accuracy": result.reward_accuracy,
         }

@@ -277,6 +277,26 @@ def _conversational(record: Mapping[str, str]) -> dict[str, list[dict[str, str]]
     }
 
 
+def pair_tokens(pairs: Sequence[Mapping[str, str]], model_path: str, max_length: int) -> int:
+    """Tokens one epoch over ``pairs`` feeds the policy: prompt + chosen and prompt + rejected,
+    each formatted by the chat template and cut at ``max_length``, as the trainers see them.
+
+    It is what runs are compared by when their compute is compared (``eva sweep report``);
+    the frozen reference of DPO reads the same tokens again, which the count leaves out.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    total = 0
+    for record in _validated_pairs(pairs):
+        conv = _conversational(record)
+        for side in ("chosen", "rejected"):
+            text = tokenizer.apply_chat_template(conv["prompt"] + conv[side], tokenize=False)
+            ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
+            total += min(len(ids), max_length)
+    return total
+
+
 # --------------------------------------------------------------------------- trainer
 
 

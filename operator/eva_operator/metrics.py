@@ -11,6 +11,7 @@ import contextlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from eva_operator.conditions import PHASES
+from eva_runtime.api import LABEL_SWEEP, LABEL_SWEEP_CELL
 from eva_runtime.spec import STEPS
 
 STEP_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
@@ -81,6 +82,14 @@ class OperatorMetrics:
             ["namespace", "run"],
             registry=r,
         )
+        self.run_info = Gauge(
+            "eva_operator_run_info",
+            "1 for each EvaRun, with the sweep and cell it belongs to (labels eva.dev/sweep and "
+            "eva.dev/sweep-cell, empty when not part of a sweep)",
+            ["namespace", "run", "sweep", "cell"],
+            registry=r,
+        )
+        self._info: dict[tuple[str, str], tuple[str, str]] = {}
         self._phases: dict[tuple[str, str], str] = {}
         for phase in PHASES:
             self.runs.labels(phase).set(0)
@@ -104,8 +113,24 @@ class OperatorMetrics:
             self.win_rate.labels(namespace, name).set(status["winRate"])
         self._count()
 
+    def observe_labels(self, namespace: str, name: str, labels: dict) -> None:
+        """The run's info series, from its labels (replaced when they change)."""
+        info = (str(labels.get(LABEL_SWEEP) or ""), str(labels.get(LABEL_SWEEP_CELL) or ""))
+        old = self._info.get((namespace, name))
+        if old == info:
+            return
+        if old is not None:
+            with contextlib.suppress(KeyError):
+                self.run_info.remove(namespace, name, *old)
+        self._info[(namespace, name)] = info
+        self.run_info.labels(namespace, name, *info).set(1)
+
     def forget_run(self, namespace: str, name: str) -> None:
         self._phases.pop((namespace, name), None)
+        info = self._info.pop((namespace, name), None)
+        if info is not None:
+            with contextlib.suppress(KeyError):
+                self.run_info.remove(namespace, name, *info)
         for gauge in (self.iteration, self.reward, self.win_rate):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)

@@ -207,6 +207,8 @@ class Reconciler:
         for step, reason in acts.failed_jobs:
             self.metrics.jobs_failed.labels(step, reason).inc()
         self.metrics.observe_run(namespace, name, acts.status)
+        labels = (run.get("metadata") or {}).get("labels")
+        self.metrics.observe_labels(namespace, name, labels if isinstance(labels, dict) else {})
         phase = acts.status.get("phase")
         if phase in c.TERMINAL and old_status.get("phase") != phase:
             await self.end_tracking(

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from eva_runtime.api import LABEL_SWEEP, LABEL_SWEEP_CELL
 from operator_harness import Outcome, wait_for
 from prom_tools import Server, free_port, launch_prometheus, launch_pushgateway, wait_scraping
 
@@ -36,9 +37,11 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(240)]
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "charts" / "eva-operator" / "files"
 RUN = "dash"
+SWEEP = "dash-sweep"  # the run carries eva sweep's labels: the sweep variable offers it
 VARIABLES = {
     "namespace": "default",
     "run": RUN,
+    "sweep": SWEEP,
     "__rate_interval": "1m",
     "__interval": "15s",
     "__range": "1h",
@@ -153,7 +156,9 @@ async def test_every_dashboard_query_and_alert_works_on_a_real_run(env, rules) -
                 env.controller.decide = rules(
                     {("train", 0): Outcome("fail", "CUDA error: out of memory")}
                 )
-                await env.api.apply_run(env.manifest(RUN))
+                manifest = env.manifest(RUN)
+                manifest["metadata"]["labels"] = {LABEL_SWEEP: SWEEP, LABEL_SWEEP_CELL: "c0ffee00"}
+                await env.api.apply_run(manifest)
                 status = await env.wait_phase(RUN, ("Succeeded", "Failed"), 150)
                 assert status["phase"] == "Succeeded", status.get("message")
 
