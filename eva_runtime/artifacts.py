@@ -59,7 +59,21 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> str:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(path.read_text())
+    """A JSON object written by a step; a damaged one is named with its path."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StepError(
+            f"{path}: damaged, not a JSON object ({exc}); delete its step folder and run the "
+            "step again"
+        ) from None
+    except IsADirectoryError:
+        raise StepError(f"{path}: is a folder, not the step's JSON marker") from None
+    if not isinstance(doc, dict):
+        raise StepError(
+            f"{path}: damaged, holds {type(doc).__name__} instead of a JSON object; delete its "
+            "step folder and run the step again"
+        )
     return doc
 
 

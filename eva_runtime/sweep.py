@@ -325,7 +325,8 @@ def record_sweep(
         cell_file = cdir / CELL_FILE
         meta = {"name": cell.name, "key": cell.key, "overrides": cell.overrides_dict()}
         if cell_file.exists():
-            if _read_json(cell_file).get("key") != cell.key:
+            held = _read_json(cell_file)
+            if not isinstance(held, dict) or held.get("key") != cell.key:
                 raise InputError(f"{cell_file}: holds another cell than {cell.name!r}")
         else:
             _write_json(cell_file, meta)
@@ -417,13 +418,15 @@ def paired(cell: Mapping[int, float | None], ref: Mapping[int, float | None]) ->
     """Per-seed differences cell - reference over the seeds both have, with their statistics.
 
     ``verdict`` says it plainly: ``within noise`` when the 95% bootstrap interval holds 0 (or
-    there are fewer than two seeds), else ``higher`` / ``lower``.
+    there is one seed), else ``higher`` / ``lower``; ``no paired seeds`` before any.
     """
     seeds = sorted(s for s in cell if s in ref and cell[s] is not None and ref[s] is not None)
     diffs = [float(cell[s]) - float(ref[s]) for s in seeds]  # type: ignore[arg-type]
     stats = mean_sem(diffs)
     ci = bootstrap_interval(diffs)
-    if ci is None or ci[0] <= 0.0 <= ci[1]:
+    if not seeds:
+        verdict = "no paired seeds"
+    elif ci is None or ci[0] <= 0.0 <= ci[1]:
         verdict = "within noise"
     else:
         verdict = "higher" if ci[0] > 0 else "lower"
@@ -460,10 +463,9 @@ def _read_run(path: Path) -> dict[str, Any]:
         sd = rd.step(t, "evaluate")
         if not sd.complete():
             break
-        try:
-            counts = sd.summary()["counts"]
-        except (KeyError, ValueError, OSError) as exc:
-            raise InputError(f"{sd.marker}: unreadable ({exc})") from None
+        counts = sd.summary().get("counts")
+        if not isinstance(counts, dict):
+            raise InputError(f"{sd.marker}: damaged, no 'counts' object")
         if "reward_new" not in counts:
             break
         if t == 0:
@@ -529,14 +531,11 @@ def pick_reference(cells: Sequence[CellResult], reference: str | None) -> CellRe
     return baselines[0] if len(baselines) == 1 else cells[0]
 
 
-def final_heldout(run: Mapping[str, Any], iteration: int | None = None) -> float | None:
-    """The held-out reward after ``iteration`` (default: the newest policy's)."""
+def final_heldout(run: Mapping[str, Any], depth: int) -> float | None:
+    """The newest policy's held-out reward, if the run has evaluated ``depth`` policies (the
+    base and each iteration's): runs that stopped earlier are not compared with full ones."""
     curve = run["heldout"]
-    if not curve:
-        return None
-    if iteration is None:
-        return float(curve[-1])
-    return float(curve[iteration + 1]) if iteration + 1 < len(curve) else None
+    return float(curve[-1]) if curve and len(curve) == depth else None
 
 
 def response_win_rate(a: Path | None, b: Path | None) -> float | None:
@@ -574,17 +573,19 @@ def summarise(
     """The numbers of ``eva sweep report``: per cell, per metric mean/sem/n over seeds, per
     iteration; paired differences with the reference cell; spend relative to it."""
     ref = pick_reference(cells, reference)
-    ref_final = {s: final_heldout(r) for s, r in ref.runs.items()}
+    # Cells are compared on their newest policy once its runs have evaluated every iteration.
+    full = max((len(r["heldout"]) for c in cells for r in c.runs.values()), default=0)
+    ref_final = {s: final_heldout(r, full) for s, r in ref.runs.items()}
     out_cells = []
     for c in cells:
-        seeds = sorted(c.runs)
-        finals = {s: final_heldout(c.runs[s]) for s in seeds}
+        finals = {s: final_heldout(r, full) for s, r in c.runs.items()}
+        seeds = sorted(s for s, v in finals.items() if v is not None)
+        unfinished = sorted(s for s, v in finals.items() if v is None)
         depth = max((len(r["heldout"]) for r in c.runs.values()), default=0)
         per_iter = []
         for k in range(depth):
             vals = {
-                s: (c.runs[s]["heldout"][k] if k < len(c.runs[s]["heldout"]) else None)
-                for s in seeds
+                s: (r["heldout"][k] if k < len(r["heldout"]) else None) for s, r in c.runs.items()
             }
             per_iter.append(
                 {
@@ -592,13 +593,14 @@ def summarise(
                     "heldout_reward": mean_sem([v for v in vals.values() if v is not None]),
                 }
             )
-        spent = {s: spend_totals(c.runs[s]) for s in seeds}
+        spent = {s: spend_totals(r) for s, r in c.runs.items()}
         spend_keys = sorted({k for v in spent.values() for k in v})
         entry: dict[str, Any] = {
             "name": c.cell.name,
             "key": c.cell.key,
             "overrides": c.cell.overrides_dict(),
             "seeds": seeds,
+            "unfinished_seeds": unfinished,
             "heldout_reward": mean_sem([v for v in finals.values() if v is not None]),
             "heldout_gain": mean_sem(
                 [
@@ -617,7 +619,7 @@ def summarise(
                         row["generated_tokens"] + row["train_tokens"] for row in c.runs[s]["spend"]
                     ],
                 }
-                for s in seeds
+                for s in sorted(c.runs)
             },
             "spend": {k: mean_sem([spent[s][k] for s in seeds])["mean"] for k in spend_keys},
             "reference": c is ref,
@@ -638,6 +640,8 @@ def summarise(
             for k in e["spend"]
             if e["spend"][k] is not None
         }
+        if not e["reference"]:
+            e["vs_reference"]["unequal_compute"] = equal_compute(e["spend_ratio"])
     return {
         "sweep": definition.get("name"),
         "reference": ref.cell.name,

@@ -87,6 +87,8 @@ def _diff_text(vs: Mapping[str, Any] | None, digits: int = 3) -> tuple[str, str,
     diff = "–" if mean is None else f"{mean:+.{digits}f}"
     if mean is not None and vs.get("sem") is not None:
         diff += f" ± {vs['sem']:.{digits}f}"
+    if not vs["seeds"]:
+        return "–", "–", "no seed finished in both cells yet"
     verdict = vs["verdict"] + f" (higher on {vs['higher_on']}/{len(vs['seeds'])} seeds)"
     return diff, interval, verdict
 
@@ -181,12 +183,21 @@ def csv_table(summary: Mapping[str, Any]) -> str:
 
 def _header(summary: Mapping[str, Any], root: Path) -> str:
     cells = summary["cells"]
-    seeds = sorted({s for c in cells for s in c["seeds"]})
+    seeds = sorted({int(s) for c in cells for s in c["per_seed"]})
+    unfinished = [f"{c['name']} seed {s}" for c in cells for s in c["unfinished_seeds"]]
+    note = (
+        _missing(
+            "Not finished (left out of the statistics until they evaluate every iteration): "
+            + ", ".join(unfinished)
+        )
+        if unfinished
+        else ""
+    )
     return (
         f'<header class="top" id="header"><h1>eva sweep {_e(summary["sweep"])}</h1>'
         f'<div class="sub">{_e(root.resolve())}</div>'
         f"<p>{len(cells)} cells × seeds {_e(', '.join(map(str, seeds)) or 'none yet')}; "
-        f"reference cell <strong>{_e(summary['reference'])}</strong>.</p></header>"
+        f"reference cell <strong>{_e(summary['reference'])}</strong>.</p>{note}</header>"
     )
 
 
@@ -244,7 +255,7 @@ def _curves_section(summary: Mapping[str, Any]) -> str:
     for c in summary["cells"]:
         rows.append([_e(c["name"])] + [_e(_pm(it[METRIC])) for it in c["iterations"]])
     width = max((len(r) for r in rows), default=1)
-    headers = ["cell", *(labels + [""] * width)[:width - 1]]
+    headers = ["cell", *(labels + [""] * width)[: width - 1]]
     rows = [r + [""] * (width - len(r)) for r in rows]
     return _section(
         "curves",

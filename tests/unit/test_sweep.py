@@ -179,3 +179,39 @@ def test_a_difference_whose_interval_holds_zero_is_called_noise() -> None:
     assert got["higher_on"] == 2
     one = paired({1: 0.5}, {1: 0.0})
     assert one["ci95"] is None and one["verdict"] == "within noise"
+    assert paired({1: 0.5}, {2: 0.0})["verdict"] == "no paired seeds"
+
+
+def _fake_sweep(root, marker_text: str) -> None:
+    import json
+
+    (root / "cells" / "base" / "seed-1" / "iter-0" / "evaluate").mkdir(parents=True)
+    (root / "sweep.json").write_text(json.dumps({"name": "s", "base": "", "invocations": []}))
+    (root / "cells" / "base" / "cell.json").write_text(json.dumps({"overrides": {}}))
+    marker = root / "cells" / "base" / "seed-1" / "iter-0" / "evaluate" / "_SUCCESS.json"
+    marker.write_text(marker_text)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"counts": 3}', "\udcff"])
+def test_a_damaged_run_in_a_sweep_is_named_by_the_report(tmp_path, text: str) -> None:
+    from click.testing import CliRunner
+
+    from eva_runtime.cli import main
+
+    _fake_sweep(tmp_path, text.encode("utf-8", "surrogateescape").decode("latin-1"))
+    result = CliRunner().invoke(main, ["sweep", "report", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "evaluate/_SUCCESS.json: damaged" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_folder_that_is_not_a_sweep_is_refused(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from eva_runtime.cli import main
+
+    result = CliRunner().invoke(main, ["sweep", "report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a sweep folder (no sweep.json)" in result.output
+    (tmp_path / "sweep.json").write_text("[]")
+    result = CliRunner().invoke(main, ["sweep", "report", str(tmp_path)])
+    assert result.exit_code == 2 and "sweep.json: not a sweep definition" in result.output
