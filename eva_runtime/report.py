@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from eva_runtime.artifacts import PREPARE, RunDir, atomic_write_bytes
+from eva_runtime.artifacts import PREPARE, RunDir, write_output
 from eva_runtime.spec import steps_for
 
 if TYPE_CHECKING:
@@ -303,10 +303,12 @@ class _Run:
         manifest = self.path / "evarun.yaml"
         doc: dict[str, Any] = {}
         if manifest.exists():
+            from eva_runtime import safe_yaml
+
             try:
-                loaded = yaml.safe_load(manifest.read_text(encoding="utf-8", errors="replace"))
-            except yaml.YAMLError:
-                loaded = None
+                loaded = safe_yaml.load(manifest.read_text(encoding="utf-8", errors="replace"))
+            except (yaml.YAMLError, ValueError, OSError):
+                loaded = None  # the report names what it cannot read instead of failing
             doc = loaded if isinstance(loaded, dict) else {}
         self.has_manifest = bool(doc)
         self.spec: dict[str, Any] = _get(doc, "spec", default={}) or {}
@@ -315,6 +317,11 @@ class _Run:
             _get(doc, "metadata", "namespace", default=None) or self.path.parent.name
         )
         self.iterations = RunDir(self.path).iterations()
+        if not self.has_manifest and not self.iterations and not self.rd.prepare().path.exists():
+            raise InputError(
+                f"{self.path}: not a run directory (no evarun.yaml, no prepare step, no iter-* "
+                "folders)"
+            )
         enabled = _get(self.spec, "creator", "enabled", default=None)
         if enabled is None:  # the spec's default, or a guess from the folders without one
             enabled = (
@@ -466,10 +473,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 _loss_section(run),
             ]
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
     page = _page(f"eva report: {run.label}", body)
-    atomic_write_bytes(target, page.encode("utf-8", errors="replace"))
-    return target
+    return write_output(target, page.encode("utf-8", errors="replace"))
 
 
 def _spec_items(run: _Run) -> list[tuple[str, str]]:
@@ -1073,11 +1078,8 @@ def write_compare(
                 _compare_loss(runs),
             ]
         )
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
     page = _page(f"eva compare: {labels[0]} vs {labels[1]}", body)
-    atomic_write_bytes(target, page.encode("utf-8", errors="replace"))
-    return target
+    return write_output(out, page.encode("utf-8", errors="replace"))
 
 
 def _compare_header(runs: Sequence[tuple[str, _Run]]) -> str:

@@ -81,6 +81,36 @@ def preflight(run: EvaRun) -> None:
         raise EvaError("cannot start the run:\n" + "\n".join(f"  {p}" for p in problems))
 
 
+def check_recorded(run: EvaRun, path: Path) -> None:
+    """Refuse to work in a run directory started with another spec, before anything is
+    written: its complete steps would not match (``eva run`` and ``eva phase`` both ask)."""
+    recorded = path / "evarun.yaml"
+    if not recorded.exists():
+        return
+    from eva_runtime.spec import SpecError, load_run
+
+    try:
+        old = load_run(recorded)
+    except SpecError as exc:
+        raise EvaError(
+            f"{recorded}: the run directory's manifest cannot be read ({exc}); restore it or "
+            "use another --workdir"
+        ) from None
+    changed = spec_changes(old, run)
+    if changed:
+        raise EvaError(
+            f"{path} holds this run with a different spec ({', '.join(changed)}); its "
+            "complete steps would not match. Use another --workdir or metadata.name, or "
+            f"delete the folder (only {mutable_fields_text()} may change between runs)"
+        )
+    done = len(RunDir(path).iterations())
+    if run.spec.iterations < old.spec.iterations and run.spec.iterations < done:
+        raise EvaError(
+            f"spec.iterations {run.spec.iterations}: {path} already holds iterations "
+            f"0..{done - 1}; iterations may only be raised (it is {old.spec.iterations})"
+        )
+
+
 def run_all(
     run: EvaRun,
     workdir: str | Path | None = None,
@@ -101,18 +131,8 @@ def run_all(
     if check:
         preflight(run)
     path = run_dir if run_dir is not None else run_dir_for(run, workdir)
+    check_recorded(run, path)
     path.mkdir(parents=True, exist_ok=True)
-    recorded = path / "evarun.yaml"
-    if recorded.exists():
-        from eva_runtime.spec import load_run
-
-        changed = spec_changes(load_run(recorded), run)
-        if changed:
-            raise EvaError(
-                f"{path} holds this run with a different spec ({', '.join(changed)}); its "
-                "complete steps would not match. Use another --workdir or metadata.name, or "
-                f"delete the folder (only {mutable_fields_text()} may change between runs)"
-            )
     RunDir(path).write_manifest(_manifest(run))
     ctx = Context(run=run, run_dir=RunDir(path))
     tracker = _tracker(run, path) if tracking else None

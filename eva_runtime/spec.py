@@ -59,7 +59,21 @@ class _Model(BaseModel):
         extra="forbid",
         use_enum_values=True,
         validate_default=True,
+        allow_inf_nan=False,  # every number finite: .inf and .nan are refused, by name
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: Any) -> Any:
+        """``true`` is not a count: YAML booleans are refused where a number is expected."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in _NUMBERS:
+                raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
+
+
+_NUMBERS = (int, float, int | None, float | None)
 
 
 # --------------------------------------------------------------------------- enums
@@ -539,9 +553,24 @@ class EvaRunSpec(_Model):
 
 
 class Metadata(_Model):
-    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    """Kubernetes ObjectMeta: a run's name and namespace, and what the API server keeps about
+    the object (any other key is a typo and refused)."""
+
     name: str
     namespace: str = "default"
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    generate_name: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+    deletion_grace_period_seconds: int | None = None
+    finalizers: list[str] | None = None
+    owner_references: list[dict[str, Any]] | None = None
+    managed_fields: list[dict[str, Any]] | None = None
+    self_link: str | None = None
 
     @field_validator("name", "namespace")
     @classmethod
@@ -554,11 +583,13 @@ class Metadata(_Model):
 
 
 class EvaRun(_Model):
-    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
     api_version: Literal["eva.dev/v1alpha1"]
     kind: Literal["EvaRun"]
     metadata: Metadata
     spec: EvaRunSpec
+    status: dict[str, Any] | None = Field(
+        default=None, description="Written by the operator; ignored by the runtime."
+    )
 
     @property
     def name(self) -> str:
@@ -660,8 +691,12 @@ def load_runs(path: str | Path) -> list[EvaRun]:
         raise SpecError(str(path), ["file not found"]) from None
     except UnicodeDecodeError as exc:
         raise SpecError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
+    from eva_runtime import safe_yaml
+
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in safe_yaml.load_all(text) if d is not None]
+    except safe_yaml.YamlError as exc:
+        raise SpecError(str(path), [str(exc)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -672,7 +707,12 @@ def load_runs(path: str | Path) -> list[EvaRun]:
     errors: list[str] = []
     candidates = [d for d in docs if not isinstance(d, dict) or d.get("kind", KIND) == KIND]
     if not candidates:
-        raise SpecError(str(path), ["no EvaRun document in the file"])
+        kinds = [d.get("kind") for d in docs if isinstance(d, dict)]
+        near = [k for k in kinds if isinstance(k, str) and k.lower() == KIND.lower()]
+        if near:
+            raise SpecError(str(path), [f"kind: must be {KIND} (got {near[0]!r}; case matters)"])
+        found = f" (kinds found: {', '.join(map(repr, kinds))})" if kinds else ""
+        raise SpecError(str(path), [f"no EvaRun document in the file{found}"])
     for i, doc in enumerate(candidates):
         label = str(path) if len(candidates) == 1 else f"{path} (document {i + 1})"
         try:

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from eva_runtime import safe_yaml
 from eva_runtime.api import ANNOTATION_SWEEP_OVERRIDES as ANNOTATION_OVERRIDES
 from eva_runtime.api import LABEL_SEED, LABEL_SWEEP
 from eva_runtime.api import LABEL_SWEEP_CELL as LABEL_CELL
@@ -300,9 +301,11 @@ def record_sweep(
                 "--workdir or the same --name"
             )
         try:
-            recorded = parse_run(yaml.safe_load(old["base"]), f"{path} (base)")
+            recorded = parse_run(safe_yaml.load(str(old["base"])), f"{path} (base)")
         except SpecError as exc:
             raise InputError(str(exc)) from None
+        except (yaml.YAMLError, ValueError) as exc:
+            raise InputError(f"{path}: its base manifest is damaged ({exc})") from None
         changed = spec_changes(recorded, base)
         if changed:
             raise InputError(
@@ -350,7 +353,11 @@ def run_sweep(
     from eva_runtime.runner import preflight, run_all
 
     runs = plan_runs(base, cells, seeds, sweep=sweep)
-    preflight(runs[0][2])
+    for cell, _seed, run in runs[: len(cells)]:  # each cell's models, files, reward function
+        try:
+            preflight(run)
+        except EvaError as exc:
+            raise EvaError(f"cell {cell.name}: {exc}") from None
     record_sweep(root, base, cells, seeds, sweep=sweep)
     failures: list[tuple[Cell, int, str]] = []
     for i, (cell, seed, run) in enumerate(runs, 1):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from eva_runtime.artifacts import atomic_write_bytes
+from eva_runtime.artifacts import write_output
 from eva_runtime.report import (
     COLORS,
     _e,
@@ -44,10 +44,6 @@ def write_sweep_report(
     definition, cells = collect(root)
     summary = summarise(definition, cells, reference)
     target = Path(out) if out is not None else root / "sweep-report.html"
-    if target.is_dir():
-        from eva_runtime.errors import InputError
-
-        raise InputError(f"-o {target}: is a folder; name the HTML file to write")
     with _style():
         body = "".join(
             [
@@ -61,9 +57,9 @@ def write_sweep_report(
         )
     page = _page(f"eva sweep: {summary['sweep']}", body)
     md, table_csv = target.with_suffix(".md"), target.with_suffix(".csv")
-    atomic_write_bytes(target, page.encode("utf-8", errors="replace"))
-    atomic_write_bytes(md, markdown_table(summary).encode())
-    atomic_write_bytes(table_csv, csv_table(summary).encode())
+    write_output(target, page.encode("utf-8", errors="replace"))
+    write_output(md, markdown_table(summary).encode())
+    write_output(table_csv, csv_table(summary).encode())
     return summary, [target, md, table_csv]
 
 

@@ -347,7 +347,7 @@ class Tracker:
             srv["experiment_id"] = self._experiment(client)
             self._save(state)
         meta = self.run.metadata
-        uid = (meta.model_extra or {}).get("uid")
+        uid = meta.uid
         tags = {
             "eva.name": self.run.name,
             "eva.namespace": self.run.namespace,

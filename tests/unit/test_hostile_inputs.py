@@ -1,0 +1,552 @@
+"""Hostile inputs through the real `eva` command (in process): each case gets exit code 1 or 2,
+a message that names what and where, no traceback, and an existing run directory unchanged.
+
+The classes (README, "Errors"): damaged run directories, hangs (YAML bombs), tracebacks,
+misleading messages, and inputs that were silently accepted although they cannot work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eva_runtime.cli import main
+from eva_runtime.spec import SpecError, parse_run
+
+pytestmark = pytest.mark.timeout(120)
+
+GOOD_SPEC = {
+    "policy": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+    "rewardModel": {"type": "python", "function": "eva_runtime.rewards:length_target"},
+    "prompts": {"source": "prompts.jsonl"},
+    "iterations": 2,
+}
+
+
+def manifest(**spec: object) -> dict:
+    return {
+        "apiVersion": "eva.dev/v1alpha1",
+        "kind": "EvaRun",
+        "metadata": {"name": "h"},
+        "spec": {**GOOD_SPEC, **spec},
+    }
+
+
+def with_section(section: str, **fields: object) -> dict:
+    doc = manifest()
+    doc["spec"][section] = {**doc["spec"].get(section, {}), **fields}
+    return doc
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def invoke(args: list[str], cwd: Path) -> tuple[int, str]:
+    import os
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, args)
+    finally:
+        os.chdir(old)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"eva {' '.join(args)} raised {result.exception!r}:\n{result.output}")
+    return result.exit_code, result.output
+
+
+def check(args: list[str], tmp: Path, code: int, *needles: str) -> None:
+    run_dir = tmp / "run"
+    before = tree_digest(run_dir) if run_dir.exists() else None
+    got, out = invoke(args, tmp)
+    assert got == code, f"eva {' '.join(args)}: exit {got}, expected {code}\n{out}"
+    assert "Traceback" not in out, out
+    for needle in needles:
+        assert needle in out, f"eva {' '.join(args)}: {needle!r} not in\n{out}"
+    if before is not None:
+        assert tree_digest(run_dir) == before, "the run directory changed"
+
+
+# --------------------------------------------------------------------------- manifests
+
+BOMB = """apiVersion: eva.dev/v1alpha1
+kind: EvaRun
+metadata: {name: bomb}
+a: &a ["x","x","x","x","x","x","x","x","x","x"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]
+spec: {}
+"""
+
+
+def _nested(depth: int) -> str:
+    return "apiVersion: eva.dev/v1alpha1\nkind: EvaRun\nx: " + "[" * depth + "]" * depth + "\n"
+
+
+TEXT_CASES: list[tuple[str, str, list[str]]] = [
+    ("alias-bomb", BOMB, ["anchors and aliases", "line 8"]),
+    (
+        "alias-bomb-in-spec",
+        BOMB.replace("spec: {}", "spec: {x: *f}"),
+        ["anchors and aliases"],
+    ),
+    ("nesting-70", _nested(70), ["nested deeper than 64"]),
+    ("nesting-5000", _nested(5000), ["nested deeper than 64"]),
+    (
+        "duplicate-top-key",
+        "apiVersion: eva.dev/v1alpha1\nkind: EvaRun\nmetadata: {name: a}\nmetadata: {name: b}\n",
+        ["line 4", "duplicate key 'metadata' (first on line 3)"],
+    ),
+    (
+        "duplicate-nested-key",
+        yaml.safe_dump(manifest()) + "  iterations: 3\n",
+        ["duplicate key 'iterations'"],
+    ),
+    (
+        "duplicate-flow-key",
+        "apiVersion: eva.dev/v1alpha1\nkind: EvaRun\nmetadata: {name: a, name: b}\n",
+        ["duplicate key 'name'"],
+    ),
+    ("syntax", "apiVersion: [eva\n", ["line", "not valid YAML"]),
+    ("tabs", "apiVersion: eva.dev/v1alpha1\n\tkind: EvaRun\n", ["line 2", "not valid YAML"]),
+    ("empty", "", ["no EvaRun document"]),
+    ("only-comments", "# nothing\n", ["no EvaRun document"]),
+    ("a-list", "- 1\n- 2\n", ["(root): must be a mapping"]),
+    ("a-string", "hello\n", ["(root): must be a mapping"]),
+    ("kind-case", yaml.safe_dump({**manifest(), "kind": "evarun"}), ["kind: must be EvaRun"]),
+    (
+        "kind-other",
+        yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap"}),
+        ["no EvaRun document", "'ConfigMap'"],
+    ),
+    (
+        "api-version",
+        yaml.safe_dump({**manifest(), "apiVersion": "eva.dev/v2"}),
+        ["apiVersion: must be eva.dev/v1alpha1"],
+    ),
+    ("top-level-typo", yaml.safe_dump({**manifest(), "spek": {}}), ["spek: unknown field"]),
+    (
+        "metadata-typo",
+        yaml.safe_dump({**manifest(), "metadata": {"name": "a", "labls": {"a": "b"}}}),
+        ["metadata.labls: unknown field"],
+    ),
+    (
+        "label-not-text",
+        yaml.safe_dump({**manifest(), "metadata": {"name": "a", "labels": {"a": [1]}}}),
+        ["metadata.labels.a"],
+    ),
+    (
+        "bad-name",
+        yaml.safe_dump({**manifest(), "metadata": {"name": "Not_A_Label"}}),
+        ["metadata.name: must be a DNS label"],
+    ),
+    ("no-spec", yaml.safe_dump({k: v for k, v in manifest().items() if k != "spec"}), ["spec"]),
+]
+
+
+def _value_case(name: str, doc: dict, needle: str) -> tuple[str, str, list[str]]:
+    return (name, yaml.safe_dump(doc), [needle])
+
+
+VALUE_CASES = [
+    _value_case(
+        "beta-inf", with_section("solver", beta=float("inf")), "spec.solver.beta: must be a finite"
+    ),
+    _value_case(
+        "beta-nan", with_section("solver", beta=float("nan")), "spec.solver.beta: must be a finite"
+    ),
+    _value_case("epochs-inf", with_section("solver", epochs=float("inf")), "spec.solver.epochs"),
+    _value_case(
+        "lr-nan", with_section("solver", learningRate=float("nan")), "spec.solver.learningRate"
+    ),
+    _value_case(
+        "temperature-inf",
+        with_section("generation", temperature=float("-inf")),
+        "spec.generation.temperature: must be a finite",
+    ),
+    _value_case("top-p-nan", with_section("generation", topP=float("nan")), "spec.generation.topP"),
+    _value_case(
+        "sample-fraction-nan",
+        with_section("creator", sampleFraction=float("nan")),
+        "spec.creator.sampleFraction: must be a finite",
+    ),
+    _value_case(
+        "iterations-true", manifest(iterations=True), "spec.iterations: must be a number, not true"
+    ),
+    _value_case("seed-false", manifest(seed=False), "spec.seed: must be a number, not false"),
+    _value_case(
+        "samples-true",
+        with_section("generation", samplesPerPrompt=True),
+        "spec.generation.samplesPerPrompt: must be a number, not true",
+    ),
+    _value_case(
+        "max-tokens-true",
+        with_section("generation", maxNewTokens=True),
+        "spec.generation.maxNewTokens: must be a number",
+    ),
+    _value_case(
+        "beta-true", with_section("solver", beta=True), "spec.solver.beta: must be a number"
+    ),
+    _value_case("iterations-zero", manifest(iterations=0), "spec.iterations: must be greater"),
+    _value_case("iterations-text", manifest(iterations="two"), "spec.iterations"),
+    _value_case("seed-negative", manifest(seed=-1), "spec.seed"),
+    _value_case(
+        "informativeness",
+        with_section("creator", informativeness="gapp"),
+        "spec.creator.informativeness: must be one of",
+    ),
+    _value_case("algorithm", with_section("solver", algorithm="ppo"), "spec.solver.algorithm"),
+    _value_case("reward-type", with_section("rewardModel", type="magic"), "spec.rewardModel.type"),
+    _value_case("unknown-spec-key", manifest(iteratons=2), "spec.iteratons: unknown field"),
+    _value_case(
+        "unknown-section-key",
+        with_section("solver", betta=0.1),
+        "spec.solver.betta: unknown field",
+    ),
+    _value_case(
+        "policy-missing", {**manifest(), "spec": {"iterations": 1}}, "spec.policy: required"
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [(t, n) for _i, t, n in TEXT_CASES + VALUE_CASES],
+    ids=[i for i, _t, _n in TEXT_CASES + VALUE_CASES],
+)
+def test_a_bad_manifest_is_refused_by_validate_naming_the_problem(
+    tmp_path: Path, text: str, needles: list[str]
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    check(["validate", str(path)], tmp_path, 1, "invalid", *needles)
+    # `eva run` refuses the same file before any work, with the same message.
+    check(["run", str(path), "--workdir", str(tmp_path / "runs")], tmp_path, 2, *needles)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_manifest_that_is_not_text_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_bytes(b"\xff\xfe\x00 kind")
+    check(["validate", str(path)], tmp_path, 1, "not UTF-8")
+    check(["validate", str(tmp_path / "nope.yaml")], tmp_path, 1, "file not found")
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A started run directory (its manifest and a complete prepare step) to leave unharmed."""
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(manifest()))
+    rd = tmp_path / "run"
+    (rd / "prepare").mkdir(parents=True)
+    (rd / "iter-0").mkdir()
+    (rd / "iter-1").mkdir()
+    (rd / "evarun.yaml").write_text(yaml.safe_dump(manifest()))
+    (rd / "prepare" / "_SUCCESS.json").write_text(json.dumps({"counts": {}, "digests": {}}))
+    return rd
+
+
+def _changed(tmp: Path, **spec: object) -> str:
+    path = tmp / "changed.yaml"
+    path.write_text(yaml.safe_dump(manifest(**spec)))
+    return str(path)
+
+
+CLI_CASES: list[tuple[str, Callable[[Path], list[str]], int, list[str]]] = [
+    (
+        "run-iterations-0",
+        lambda t: ["run", str(t / "good.yaml"), "--iterations", "0"],
+        2,
+        ["spec.iterations: must be greater than or equal to 1"],
+    ),
+    (
+        "run-iterations-negative",
+        lambda t: ["run", str(t / "good.yaml"), "--iterations", "-5"],
+        2,
+        ["spec.iterations"],
+    ),
+    (
+        "run-metrics-port",
+        lambda t: ["run", str(t / "good.yaml"), "--metrics-port", "99999"],
+        2,
+        ["--metrics-port", "99999 is not in the range"],
+    ),
+    (
+        "phase-num-shards-0",
+        lambda t: [
+            "phase",
+            "generate",
+            "--spec",
+            str(t / "good.yaml"),
+            "--run-dir",
+            str(t / "run"),
+            "--num-shards",
+            "0",
+        ],
+        2,
+        ["--num-shards 0: must be at least 1"],
+    ),
+    (
+        "phase-num-shards-negative",
+        lambda t: [
+            "phase",
+            "generate",
+            "--spec",
+            str(t / "good.yaml"),
+            "--run-dir",
+            str(t / "run"),
+            "--num-shards",
+            "-2",
+        ],
+        2,
+        ["--num-shards -2: must be at least 1"],
+    ),
+    (
+        "phase-shard-outside",
+        lambda t: [
+            "phase",
+            "generate",
+            "--spec",
+            str(t / "good.yaml"),
+            "--run-dir",
+            str(t / "run"),
+            "--shard",
+            "5",
+            "--num-shards",
+            "2",
+        ],
+        2,
+        ["--shard 5: must be in 0..1"],
+    ),
+    (
+        "phase-shard-on-train",
+        lambda t: [
+            "phase",
+            "train",
+            "--spec",
+            str(t / "good.yaml"),
+            "--run-dir",
+            str(t / "run"),
+            "--shard",
+            "1",
+        ],
+        2,
+        ["apply to generation steps, not train"],
+    ),
+    (
+        "phase-iteration-outside",
+        lambda t: [
+            "phase",
+            "train",
+            "--spec",
+            str(t / "good.yaml"),
+            "--run-dir",
+            str(t / "run"),
+            "--iteration",
+            "7",
+        ],
+        2,
+        ["--iteration 7: the spec has iterations 0..1"],
+    ),
+    (
+        "phase-changed-spec",
+        lambda t: ["phase", "prepare", "--spec", _changed(t, seed=9), "--run-dir", str(t / "run")],
+        2,
+        ["holds this run with a different spec (spec.seed)"],
+    ),
+    (
+        "phase-fewer-iterations",
+        lambda t: [
+            "phase",
+            "prepare",
+            "--spec",
+            _changed(t, iterations=1),
+            "--run-dir",
+            str(t / "run"),
+        ],
+        2,
+        ["spec.iterations 1", "may only be raised"],
+    ),
+    (
+        "phase-no-spec",
+        lambda t: ["phase", "prepare", "--run-dir", str(t / "run")],
+        2,
+        ["--spec: give a manifest file"],
+    ),
+    (
+        "phase-unknown-step",
+        lambda t: ["phase", "dance", "--run-dir", str(t / "run")],
+        2,
+        ["'dance' is not one of"],
+    ),
+    ("summary-not-a-run", lambda t: ["summary", str(t)], 2, ["not a run directory"]),
+    ("report-not-a-run", lambda t: ["report", str(t)], 2, ["not a run directory"]),
+    (
+        "compare-not-a-run",
+        lambda t: ["compare", str(t / "run"), str(t)],
+        2,
+        ["not a run directory"],
+    ),
+    (
+        "report-output-is-a-folder",
+        lambda t: ["report", str(t / "run"), "-o", str(t)],
+        2,
+        ["is a directory"],
+    ),
+    (
+        "report-output-under-a-file",
+        lambda t: ["report", str(t / "run"), "-o", str(t / "good.yaml" / "r.html")],
+        2,
+        ["a file is in the way"],
+    ),
+    (
+        "crd-output-under-a-file",
+        lambda t: ["crd", "-o", str(t / "good.yaml" / "crd.yaml")],
+        2,
+        ["a file is in the way"],
+    ),
+    (
+        "sweep-bad-set",
+        lambda t: ["sweep", str(t / "good.yaml"), "--seeds", "1", "--set", "creator.enabeld=true"],
+        2,
+        ["spec.creator has no field 'enabeld'"],
+    ),
+    (
+        "sweep-bad-seed",
+        lambda t: ["sweep", str(t / "good.yaml"), "--seeds", "1,,2"],
+        2,
+        ["is not a whole number"],
+    ),
+    (
+        "sweep-report-not-a-sweep",
+        lambda t: ["sweep", "report", str(t / "run")],
+        2,
+        ["not a sweep folder"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("make_args", "code", "needles"),
+    [(a, c, n) for _i, a, c, n in CLI_CASES],
+    ids=[i for i, _a, _c, _n in CLI_CASES],
+)
+def test_cli_misuse_gets_a_clear_error_and_the_run_directory_is_unchanged(
+    tmp_path: Path,
+    run_dir: Path,
+    make_args: Callable[[Path], list[str]],
+    code: int,
+    needles: list[str],
+) -> None:
+    check(make_args(tmp_path), tmp_path, code, *needles)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [("{broken", "damaged, not a JSON object"), ("[]", "holds list"), ('"x"', "holds str")],
+)
+def test_a_damaged_step_marker_is_named_with_its_path(
+    tmp_path: Path, run_dir: Path, content: str, needle: str
+) -> None:
+    (run_dir / "iter-0" / "generate").mkdir()
+    marker = run_dir / "iter-0" / "generate" / "_SUCCESS.json"
+    marker.write_text(content)
+    check(["summary", str(run_dir)], tmp_path, 2, str(marker), needle)
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_fields = st.sampled_from(
+    [
+        ("iterations",),
+        ("seed",),
+        ("policy", "model"),
+        ("rewardModel", "type"),
+        ("generation", "samplesPerPrompt"),
+        ("generation", "temperature"),
+        ("generation", "maxNewTokens"),
+        ("creator", "sampleFraction"),
+        ("creator", "evolve", "variantsPerPrompt"),
+        ("solver", "beta"),
+        ("solver", "algorithm"),
+        ("solver", "learningRate"),
+        ("prompts", "heldOut"),
+        ("metadata", "name"),
+        ("resources", "train", "gpus"),
+        ("storage", "claimName"),
+        ("unknown",),
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_fields, _values), min_size=1, max_size=4))
+def test_fuzzed_manifests_are_accepted_or_refused_with_field_errors(edits) -> None:
+    doc = manifest()
+    for path, value in edits:
+        node = doc if path[0] == "metadata" else doc["spec"]
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    try:
+        run = parse_run(doc, "fuzz.yaml")
+    except SpecError as exc:
+        assert exc.errors and all(":" in e for e in exc.errors), exc.errors
+        return
+    # Accepted: every number in it is finite and it survives a round trip.
+    from eva_runtime.spec import dump_run
+
+    again = parse_run(yaml.safe_load(dump_run(run)), "again")
+    assert again.spec == run.spec
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab:&*[]{}-,\n '\"!#|>1")), max_size=200))
+def test_fuzzed_yaml_text_never_crashes_the_loader(text: str) -> None:
+    import tempfile
+
+    from eva_runtime.spec import load_runs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f.yaml"
+        path.write_text(text)
+        try:
+            load_runs(path)
+        except SpecError as exc:
+            assert exc.errors
