@@ -161,8 +161,19 @@ class OpenAIEndpoint(_Model):
     @field_validator("base_url")
     @classmethod
     def _http(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if any(c.isspace() for c in v):
+            raise ValueError("must not contain spaces (percent-encode them)")
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a port that is not a number in 0..65535
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL ({exc})") from None
+        if not parts.hostname:
+            raise ValueError("names no host")
         return v
 
 
@@ -189,8 +200,12 @@ class RewardModelSpec(_Model):
     trust_remote_code: bool = Field(
         default=False, description="Remote code runs only when this is true (armo needs it)."
     )
-    batch_size: int = Field(default=8, ge=1, description="Responses scored per forward pass.")
-    max_length: int = Field(default=4096, ge=16, description="Tokens per scored conversation.")
+    batch_size: int = Field(
+        default=8, ge=1, le=65_536, description="Responses scored per forward pass."
+    )
+    max_length: int = Field(
+        default=4096, ge=16, le=1_048_576, description="Tokens per scored conversation."
+    )
     judge_endpoint: OpenAIEndpoint | None = Field(
         default=None, description="judge type: score through this server instead of a local model."
     )
@@ -228,7 +243,9 @@ class PromptsSpec(_Model):
     id_column: str | None = Field(
         default=None, description="Column holding stable prompt ids (default: derived from text)."
     )
-    held_out: int = Field(default=0, ge=0, description="Prompts kept aside for evaluation.")
+    held_out: int = Field(
+        default=0, ge=0, le=10_000_000, description="Prompts kept aside for evaluation."
+    )
     limit: int | None = Field(
         default=None, ge=1, description="Use only the first N prompts of the source."
     )
@@ -239,12 +256,19 @@ class GenerationSpec(_Model):
         default=GenerationBackend.auto,
         description="auto = vllm when a GPU and vllm are present, else transformers.",
     )
-    samples_per_prompt: int = Field(default=6, ge=1, description="n responses per prompt.")
+    samples_per_prompt: int = Field(
+        default=6,
+        ge=2,
+        le=1024,
+        description="n responses per prompt; at least 2, since a preference pair needs two.",
+    )
     temperature: float = Field(default=0.7, ge=0.0, le=5.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(default=2048, ge=1)
+    max_new_tokens: int = Field(default=2048, ge=1, le=1_048_576)
     shards: int = Field(default=1, ge=1, le=1024, description="Pods in the generation Indexed Job.")
-    batch_size: int = Field(default=8, ge=1, description="Prompts per batch (transformers).")
+    batch_size: int = Field(
+        default=8, ge=1, le=65_536, description="Prompts per batch (transformers)."
+    )
     truncated: Literal["keep", "drop"] = Field(
         default="keep",
         description="Responses cut at maxNewTokens: keep them, or drop them before pairing.",
@@ -271,7 +295,7 @@ class EvolverSpec(_Model):
     endpoint: OpenAIEndpoint | None = Field(default=None, description="type openai: the server.")
     temperature: float = Field(default=0.88, ge=0.0, le=5.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(default=666, ge=1)
+    max_new_tokens: int = Field(default=666, ge=1, le=1_048_576)
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> EvolverSpec:
@@ -293,7 +317,9 @@ class EvolveSpec(_Model):
         description="Evolved prompts whose word 3-gram Jaccard similarity to a kept prompt or "
         "their parent reaches this are dropped as near duplicates.",
     )
-    min_chars: int = Field(default=8, ge=1, description="Shorter evolved prompts are dropped.")
+    min_chars: int = Field(
+        default=8, ge=1, le=100_000, description="Shorter evolved prompts are dropped."
+    )
 
 
 class CreatorSpec(_Model):
@@ -332,8 +358,8 @@ class CreatorSpec(_Model):
 
 class LoraSpec(_Model):
     enabled: bool = False
-    r: int = Field(default=16, ge=1)
-    alpha: int = Field(default=32, ge=1)
+    r: int = Field(default=16, ge=1, le=4096)
+    alpha: int = Field(default=32, ge=1, le=65_536)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | None = Field(default=None, description="None: all linear layers.")
     merge: bool = Field(
@@ -344,17 +370,27 @@ class LoraSpec(_Model):
 
 class SolverSpec(_Model):
     algorithm: Algorithm = Field(default=Algorithm.dpo)
-    beta: float = Field(default=0.05, gt=0.0)
+    beta: float = Field(default=0.05, gt=0.0, le=1000.0)
     learning_rate: float = Field(default=5e-7, gt=0.0, lt=1.0)
-    epochs: float = Field(default=2.0, gt=0.0)
+    epochs: float = Field(default=2.0, gt=0.0, le=1000.0)
     effective_batch_size: int = Field(
         default=64, ge=1, description="Pairs per optimiser step across devices and accumulation."
     )
-    per_device_batch_size: int = Field(default=2, ge=1)
-    max_length: int = Field(default=2048, ge=16)
+    per_device_batch_size: int = Field(default=2, ge=1, le=65_536)
+    max_length: int = Field(default=2048, ge=16, le=1_048_576)
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    lr_scheduler: str = Field(default="cosine")
-    simpo_gamma: float = Field(default=0.5, ge=0.0, description="SimPO target reward margin.")
+    lr_scheduler: Literal[
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+    ] = Field(default="cosine", description="transformers' learning-rate schedule.")
+    simpo_gamma: float = Field(
+        default=0.5, ge=0.0, le=1000.0, description="SimPO target reward margin."
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec)
     precision: Precision = "auto"
     gradient_checkpointing: bool = False
@@ -365,11 +401,15 @@ class SolverSpec(_Model):
 
 
 class EvaluationSpec(_Model):
-    samples_per_prompt: int = Field(default=2, ge=1, description="Responses per held-out prompt.")
+    samples_per_prompt: int = Field(
+        default=2, ge=1, le=1024, description="Responses per held-out prompt."
+    )
     temperature: float | None = Field(
         default=None, ge=0.0, description="None: generation.temperature."
     )
-    max_new_tokens: int | None = Field(default=None, ge=1, description="None: generation's.")
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, le=1_048_576, description="None: generation's."
+    )
 
 
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
@@ -507,7 +547,7 @@ STEP_ENV = frozenset(
 
 class EvaRunSpec(_Model):
     iterations: int = Field(default=3, ge=1, le=1000)
-    seed: int = Field(default=42, ge=0)
+    seed: int = Field(default=42, ge=0, le=2**63 - 1)
     policy: PolicySpec
     reward_model: RewardModelSpec
     prompts: PromptsSpec

@@ -52,8 +52,10 @@ def review(
     problems: list[str] = []
     if not artifact_claim(new, defaults or StepDefaults()):
         problems.append(NO_CLAIM)
-    if operation == "UPDATE" and old is not None:
-        started = bool((old.get("status") or {}).get("phase"))
+    if operation == "UPDATE" and isinstance(old, dict):
+        status = old.get("status")
+        status = status if isinstance(status, dict) else {}
+        started = bool(status.get("phase"))
         try:
             before = parse_run(_manifest(old))
         except SpecError:
@@ -64,7 +66,13 @@ def review(
                     f"{path}: cannot change while the run exists (only {mutable_fields_text()} "
                     "can); create a new EvaRun instead"
                 )
-            reached = int((old.get("status") or {}).get("iteration") or 0)
+            if new.spec.iterations < before.spec.iterations:
+                problems.append(
+                    f"spec.iterations: {new.spec.iterations} is below {before.spec.iterations}; "
+                    "a started run's iterations may only be raised"
+                )
+            iteration = status.get("iteration")
+            reached = iteration if isinstance(iteration, int) and iteration >= 0 else 0
             if new.spec.iterations <= reached:
                 problems.append(
                     f"spec.iterations: {new.spec.iterations} is not past the iteration the run "

@@ -13,7 +13,7 @@ interval comes from the configuration. ``eva-operator`` runs them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,10 +219,14 @@ async def admit(
     **_: Any,
 ) -> None:
     cfg = _state(memo).config
-    namespace = (body.get("metadata") or {}).get("namespace")
+    if not isinstance(body, Mapping):
+        raise kopf.AdmissionError("invalid EvaRun: the object is not a JSON object", code=422)
+    meta = body.get("metadata")
+    namespace = meta.get("namespace") if isinstance(meta, Mapping) else None
     if cfg.namespaces and namespace not in cfg.namespaces:
         return  # another install's run (servers before 1.21 cannot select by namespace)
-    problems = review(operation, dict(body), dict(old) if old else None, cfg.steps)
+    previous = dict(old) if isinstance(old, Mapping) and old else None
+    problems = review(operation, dict(body), previous, cfg.steps)
     if problems:
         raise kopf.AdmissionError("invalid EvaRun:\n" + "\n".join(problems), code=422)
 

@@ -32,11 +32,13 @@ GOOD_SPEC = {
 
 
 def manifest(**spec: object) -> dict:
+    import copy
+
     return {
         "apiVersion": "eva.dev/v1alpha1",
         "kind": "EvaRun",
         "metadata": {"name": "h"},
-        "spec": {**GOOD_SPEC, **spec},
+        "spec": copy.deepcopy({**GOOD_SPEC, **spec}),
     }
 
 
@@ -221,6 +223,51 @@ VALUE_CASES = [
     ),
     _value_case(
         "policy-missing", {**manifest(), "spec": {"iterations": 1}}, "spec.policy: required"
+    ),
+    _value_case(
+        "samples-one",
+        with_section("generation", samplesPerPrompt=1),
+        "spec.generation.samplesPerPrompt: must be greater than or equal to 2",
+    ),
+    _value_case(
+        "samples-huge",
+        with_section("generation", samplesPerPrompt=10**12),
+        "spec.generation.samplesPerPrompt: must be less than or equal to 1024",
+    ),
+    _value_case(
+        "tokens-huge",
+        with_section("generation", maxNewTokens=10**15),
+        "spec.generation.maxNewTokens: must be less than or equal to 1048576",
+    ),
+    _value_case("epochs-huge", with_section("solver", epochs=1e9), "spec.solver.epochs"),
+    _value_case("seed-huge", manifest(seed=2**70), "spec.seed"),
+    _value_case(
+        "lr-scheduler",
+        with_section("solver", lrScheduler="cosinus"),
+        "spec.solver.lrScheduler: must be one of",
+    ),
+    _value_case(
+        "base-url-spaces",
+        with_section(
+            "generation",
+            backend="openai",
+            endpoint={"baseUrl": "http://my server:8000/v1", "model": "m"},
+        ),
+        "spec.generation.endpoint.baseUrl: must not contain spaces",
+    ),
+    _value_case(
+        "base-url-port",
+        with_section(
+            "generation", backend="openai", endpoint={"baseUrl": "http://h:99999/v1", "model": "m"}
+        ),
+        "spec.generation.endpoint.baseUrl: not a valid URL",
+    ),
+    _value_case(
+        "base-url-no-host",
+        with_section(
+            "generation", backend="openai", endpoint={"baseUrl": "http:///v1", "model": "m"}
+        ),
+        "spec.generation.endpoint.baseUrl: names no host",
     ),
 ]
 
@@ -550,3 +597,127 @@ def test_fuzzed_yaml_text_never_crashes_the_loader(text: str) -> None:
             load_runs(path)
         except SpecError as exc:
             assert exc.errors
+
+
+# --------------------------------------------------------------------------- prompt files
+
+
+def _link_loop(tmp: Path) -> str:
+    (tmp / "loop.jsonl").symlink_to(tmp / "loop.jsonl")
+    return "loop.jsonl"
+
+
+def _write(name: str, data: bytes) -> Callable[[Path], str]:
+    def make(tmp: Path) -> str:
+        (tmp / name).write_bytes(data)
+        return name
+
+    return make
+
+
+PROMPT_CASES: list[tuple[str, Callable[[Path], str], list[str]]] = [
+    (
+        "jsonl-bad-json",
+        _write("p.jsonl", b'{"prompt": "a"}\n{"prompt": "b",}\n'),
+        ["p.jsonl:2: not valid JSON"],
+    ),
+    (
+        "jsonl-not-object",
+        _write("p.jsonl", b'{"prompt": "a"}\n[1]\n'),
+        ["p.jsonl:2: each line must be a JSON object"],
+    ),
+    (
+        "jsonl-misspelt-key",
+        _write("p.jsonl", b'{"prompt": "a"}\n{"promt": "b"}\n'),
+        ["p.jsonl:2: no 'prompt' field (this line has: promt)"],
+    ),
+    (
+        "jsonl-null-prompt",
+        _write("p.jsonl", b'{"prompt": "a"}\n{"prompt": null}\n'),
+        ["p.jsonl:2: 'prompt' is null"],
+    ),
+    (
+        "jsonl-number-prompt",
+        _write("p.jsonl", b'{"prompt": 3}\n'),
+        ["p.jsonl:1: 'prompt' must be text, got int"],
+    ),
+    (
+        "jsonl-no-prompt-anywhere",
+        _write("p.jsonl", b'{"text": "a"}\n'),
+        ["no 'prompt' field in any line (found: text)"],
+    ),
+    (
+        "jsonl-not-utf8",
+        _write("p.jsonl", b'{"prompt": "a"}\n{"prompt": "\xff"}\n'),
+        ["p.jsonl:2: not UTF-8"],
+    ),
+    ("jsonl-only-empty", _write("p.jsonl", b'{"prompt": "  "}\n'), ["no usable prompts"]),
+    ("gz-not-gzip", _write("p.jsonl.gz", b'{"prompt": "a"}\n'), ["is not gzip data"]),
+    ("json-not-list", _write("p.json", b'{"prompt": "a"}'), ["must be a list of objects"]),
+    ("json-deep", _write("p.json", b"[" * 100_000 + b"]" * 100_000), ["p.json"]),
+    (
+        "json-missing-key",
+        _write("p.json", b'[{"prompt": "a"}, {"x": 1}]'),
+        ["p.json, row 2: no 'prompt' field"],
+    ),
+    (
+        "csv-multiline-bad-row",
+        _write("p.csv", b'prompt,id\n"two\nlines",1\nok,2\n"bad"x,3\n'),
+        ["p.csv:5: not valid CSV"],
+    ),
+    (
+        "csv-too-many-fields",
+        _write("p.csv", b'prompt\n"a\nb"\nc,d\n'),
+        ["p.csv:4: 2 fields where the header has 1"],
+    ),
+    ("csv-no-column", _write("p.csv", b"text\na\n"), ["no 'prompt' column (found: text)"]),
+    ("parquet-corrupt", _write("p.parquet", b"PAR1 not really"), ["not a readable parquet file"]),
+    ("unknown-type", _write("p.txt", b"hello\n"), ["unknown prompt file type"]),
+    (
+        "missing",
+        lambda t: "nope.jsonl",
+        ["nope.jsonl (spec.prompts.source): prompt file not found"],
+    ),
+    ("folder", lambda t: (t / "d.jsonl").mkdir() or "d.jsonl", ["is a folder"]),
+    ("symlink-loop", _link_loop, ["a symbolic link that leads nowhere"]),
+    ("http-refused", lambda t: "http://127.0.0.1:9/p.jsonl", ["cannot connect", "refused"]),
+    ("s3-without-s3fs", lambda t: "s3://bucket/p.jsonl", ["needs another package", "s3fs"]),
+    ("unknown-protocol", lambda t: "nosuch://x/p.jsonl", ["cannot open this URI"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "needles"),
+    [(m, n) for _i, m, n in PROMPT_CASES],
+    ids=[i for i, _m, _n in PROMPT_CASES],
+)
+def test_a_bad_prompt_file_is_named_with_file_and_line(
+    tmp_path: Path, make: Callable[[Path], str], needles: list[str]
+) -> None:
+    import importlib.util
+
+    source = make(tmp_path)
+    if source.startswith("s3://") and importlib.util.find_spec("s3fs") is not None:
+        pytest.skip("s3fs is installed here: the case is about its absence")
+    path = tmp_path / "m.yaml"
+    doc = manifest()
+    doc["spec"]["prompts"] = {"source": source, "heldOut": 0}
+    path.write_text(yaml.safe_dump(doc))
+    check(
+        ["phase", "prepare", "--spec", str(path), "--run-dir", str(tmp_path / "new")],
+        tmp_path,
+        2,
+        *needles,
+    )
+    assert not (tmp_path / "new" / "prepare" / "_SUCCESS.json").exists()
+
+
+def test_every_lr_scheduler_the_spec_accepts_is_one_transformers_knows() -> None:
+    from typing import get_args
+
+    from transformers import SchedulerType
+
+    from eva_runtime.spec import SolverSpec
+
+    accepted = get_args(SolverSpec.model_fields["lr_scheduler"].annotation)
+    assert accepted and set(accepted) <= {t.value for t in SchedulerType}

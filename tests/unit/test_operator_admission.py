@@ -132,9 +132,12 @@ def test_iterations_cannot_drop_to_or_below_the_reached_iteration() -> None:
     old = body({"phase": "Running", "iteration": 2, "step": "generate"})
     for n in (1, 2):
         problems = review("UPDATE", changed(old, "iterations", n), old)
-        assert len(problems) == 1
-        assert problems[0].startswith(f"spec.iterations: {n} is not past the iteration")
-        assert "at least 3" in problems[0]
+        assert len(problems) == 2
+        assert problems[0] == (
+            f"spec.iterations: {n} is below 3; a started run's iterations may only be raised"
+        )
+        assert problems[1].startswith(f"spec.iterations: {n} is not past the iteration")
+        assert "at least 3" in problems[1]
     assert review("UPDATE", changed(old, "iterations", 3), old) == []
     done = body({"phase": "Succeeded", "iteration": 2, "step": "evaluate"})
     assert review("UPDATE", changed(done, "iterations", 6), done) == []
@@ -187,3 +190,28 @@ def test_a_malformed_body_is_refused_not_crashed_on() -> None:
         "CREATE", {"apiVersion": "eva.dev/v1alpha1", "kind": "EvaRun", "metadata": []}, None
     )
     assert problems and all(isinstance(p, str) for p in problems)
+
+
+def test_a_started_runs_iterations_may_not_be_lowered_even_past_the_reached_one() -> None:
+    old = body({"phase": "Running", "iteration": 0, "step": "generate"}, iterations=5)
+    assert review("UPDATE", changed(old, "iterations", 4), old) == [
+        "spec.iterations: 4 is below 5; a started run's iterations may only be raised"
+    ]
+    assert review("UPDATE", changed(old, "iterations", 6), old) == []
+
+
+@pytest.mark.parametrize(
+    "status", ["Running", ["x"], {"phase": "Running", "iteration": "two"}, {"iteration": None}]
+)
+def test_a_malformed_stored_status_is_judged_without_crashing(status: Any) -> None:
+    old = {**body(), "status": status}
+    problems = review("UPDATE", changed(old, "iterations", 0), old)
+    assert problems and problems[0].startswith("spec.iterations")
+
+
+@pytest.mark.parametrize("metadata", [["a"], "x", None, 3])
+def test_malformed_metadata_is_refused_with_the_field(metadata: Any) -> None:
+    new = {**body(), "metadata": metadata}
+    problems = review("CREATE", new, None)
+    assert any(p.startswith("metadata") for p in problems), problems
+    assert review("CREATE", "not an object", None) == ["the object is not a JSON object"]  # type: ignore[arg-type]
