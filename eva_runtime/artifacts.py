@@ -38,6 +38,30 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# Files up to this size are hashed when a complete step is trusted; larger ones (model
+# weights) are checked by the size recorded in the marker.
+HASH_LIMIT_BYTES = 64 * 1024 * 1024
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_WARNED: set[str] = (
+    set()
+)  # markers whose damage was reported in this process  # (path, size, mtime) -> sha256, per process
+
+
+def _digest(path: Path) -> str | None:
+    """sha256 of a file, remembered while its size and mtime stay the same; None if absent."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        try:
+            _DIGESTS[key] = sha256_file(path)
+        except OSError:
+            return None
+    return _DIGESTS[key]
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as fh:
@@ -113,7 +137,49 @@ class StepDir:
         return self.path / SUCCESS
 
     def complete(self) -> bool:
-        return self.marker.exists()
+        """The marker exists and every file it lists still has its digest. A file that was
+        truncated, changed or removed makes the step incomplete again (named in a warning):
+        readers do not use it, and running it again (``begin``) redoes it in a clean folder."""
+        if not self.marker.exists():
+            return False
+        damaged = self._damaged()
+        if damaged is None:
+            return True
+        if str(self.marker) not in _WARNED:
+            _WARNED.add(str(self.marker))
+            from eva_runtime.progress import warn
+
+            warn(
+                f"{self.path / damaged}: does not match the digest in {SUCCESS}; the step is "
+                "incomplete and runs again"
+            )
+        return False
+
+    def _damaged(self) -> str | None:
+        """The first listed file whose sha256 differs from the marker's (None: all match)."""
+        try:
+            marker = read_json(self.marker)
+        except StepError:
+            return None  # a damaged marker is reported by whoever reads it, with its path
+        digests = marker.get("digests")
+        if not isinstance(digests, dict):
+            return None
+        recorded = marker.get("sizes")
+        sizes: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+        for rel, expected in digests.items():
+            file = self.path / str(rel)
+            size = sizes.get(rel)
+            if size is not None:
+                try:
+                    if file.stat().st_size != size:
+                        return str(rel)
+                except OSError:
+                    return str(rel)
+                if size > HASH_LIMIT_BYTES:
+                    continue  # model weights: the size is checked, hashing would cost minutes
+            if _digest(file) != expected:
+                return str(rel)
+        return None
 
     def summary(self) -> dict[str, Any]:
         if not self.complete():
@@ -139,6 +205,7 @@ class StepDir:
         summary = {
             "counts": counts,
             "digests": digests,
+            "sizes": {rel: (self.path / rel).stat().st_size for rel in digests},
             "timings": {"started": self._started, "seconds": round(time.time() - self._started, 3)},
             **extra,
         }

@@ -260,9 +260,15 @@ def finalize_sharded(run_dir: RunDir, iteration: int, step: str, num_shards: int
         for i, s in enumerate(shards)
         for name, d in s["digests"].items()
     }
+    sizes = {
+        f"shard-{i:05d}-of-{num_shards:05d}/{name}": size
+        for i, s in enumerate(shards)
+        for name, size in (s.get("sizes") or {}).items()
+    }
     summary = {
         "counts": counts,
         "digests": digests,
+        "sizes": sizes,
         "num_shards": num_shards,
         "timings": {"seconds": round(sum(s["timings"]["seconds"] for s in shards), 3)},
     }

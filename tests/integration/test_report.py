@@ -219,7 +219,7 @@ def test_unfinished_run_renders_and_names_what_is_missing(
     runs: dict[str, Path], tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "default" / "eva"
-    shutil.copytree(runs["eva"], run_dir, ignore=shutil.ignore_patterns("model", "report.html"))
+    shutil.copytree(runs["eva"], run_dir, ignore=shutil.ignore_patterns("report.html"))
     # Killed during iteration 1: generate-evolved started but never finished, nothing after.
     shutil.rmtree(run_dir / "iter-1" / "train")
     shutil.rmtree(run_dir / "iter-1" / "evaluate")

@@ -721,3 +721,62 @@ def test_every_lr_scheduler_the_spec_accepts_is_one_transformers_knows() -> None
 
     accepted = get_args(SolverSpec.model_fields["lr_scheduler"].annotation)
     assert accepted and set(accepted) <= {t.value for t in SchedulerType}
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def _complete_step(tmp: Path) -> Path:
+    import pandas as pd
+
+    from eva_runtime.artifacts import StepDir, write_parquet
+
+    sd = StepDir(tmp / "iter-0" / "generate")
+    assert sd.begin()
+    write_parquet(sd.path / "rollouts.parquet", pd.DataFrame({"a": list(range(100))}))
+    (sd.path / "model").mkdir()
+    (sd.path / "model" / "weights.bin").write_bytes(b"w" * 100_000)
+    sd.finish({"responses": 100})
+    return sd.path
+
+
+@pytest.mark.parametrize(
+    ("damage", "file"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:-10]), "rollouts.parquet"),  # truncated
+        (lambda p: p.write_bytes(b"X" + p.read_bytes()[1:]), "rollouts.parquet"),  # same size
+        (lambda p: p.unlink(), "rollouts.parquet"),  # removed
+        (lambda p: p.write_bytes(b"w" * 100), "model/weights.bin"),  # big file, truncated
+    ],
+)
+def test_a_damaged_file_of_a_complete_step_makes_it_incomplete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage, file: str
+) -> None:
+    from eva_runtime import artifacts
+    from eva_runtime.artifacts import SUCCESS, StepDir
+
+    monkeypatch.setattr(artifacts, "HASH_LIMIT_BYTES", 50_000)  # weights.bin counts as big
+    step = _complete_step(tmp_path)
+    assert StepDir(step).complete()
+    damage(step / file)
+    artifacts._DIGESTS.clear()  # a later process (a resume) has not hashed anything yet
+    assert not StepDir(step).complete()
+    assert (step / SUCCESS).exists()  # a reader (a report) writes nothing
+    # begin() then redoes the step in a clean folder.
+    assert StepDir(step).begin() and not (step / "rollouts.parquet").exists()
+
+
+def test_an_intact_step_stays_complete_and_big_files_are_not_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eva_runtime import artifacts
+    from eva_runtime.artifacts import StepDir
+
+    monkeypatch.setattr(artifacts, "HASH_LIMIT_BYTES", 50_000)
+    step = _complete_step(tmp_path)
+    weights = step / "model" / "weights.bin"
+    weights.write_bytes(b"v" * 100_000)  # same size, other bytes: beyond the hash limit
+    assert StepDir(step).complete()
+    monkeypatch.setattr(artifacts, "HASH_LIMIT_BYTES", 10**9)
+    artifacts._DIGESTS.clear()
+    assert not StepDir(step).complete()
