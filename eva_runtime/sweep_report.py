@@ -261,10 +261,16 @@ def _curves_section(summary: Mapping[str, Any]) -> str:
 
 
 def _paired_section(summary: Mapping[str, Any]) -> str:
-    others = [c for c in summary["cells"] if not c["reference"] and c.get("vs_reference")]
+    others = [
+        c
+        for c in summary["cells"]
+        if not c["reference"] and c.get("vs_reference") and c["vs_reference"]["seeds"]
+    ]
     if not others:
         return _section(
-            "paired", "Paired differences", _missing("Only the reference cell has runs.")
+            "paired",
+            "Paired differences",
+            _missing("No cell has a seed finished in it and in the reference yet."),
         )
     fig, ax = _figure()
     for i, c in enumerate(others):
@@ -281,6 +287,7 @@ def _paired_section(summary: Mapping[str, Any]) -> str:
                 capsize=4,
             )
     ax.axhline(0.0, color="#555", linestyle="--", linewidth=1)
+    ax.set_xlim(-0.5, len(others) - 0.5)
     ax.set_xticks(range(len(others)))
     ax.set_xticklabels([_mpl_text(c["name"], 28) for c in others], rotation=10)
     ax.set_title(f"Per-seed difference vs {_mpl_text(summary['reference'], 30)} (95% CI)")
