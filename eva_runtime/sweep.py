@@ -55,6 +55,7 @@ MAX_SEEDS = 1000
 MAX_CELLS = 1000
 BOOTSTRAP_ROUNDS = 10_000
 BOOTSTRAP_SEED = 0
+MIN_SEEDS_FOR_VERDICT = 3
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _SAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 
@@ -424,8 +425,9 @@ def bootstrap_interval(
 def paired(cell: Mapping[int, float | None], ref: Mapping[int, float | None]) -> dict[str, Any]:
     """Per-seed differences cell - reference over the seeds both have, with their statistics.
 
-    ``verdict`` says it plainly: ``within noise`` when the 95% bootstrap interval holds 0 (or
-    there is one seed), else ``higher`` / ``lower``; ``no paired seeds`` before any.
+    ``verdict`` says it plainly: ``within noise`` when the 95% bootstrap interval holds 0,
+    else ``higher`` / ``lower``; ``too few seeds`` under ``MIN_SEEDS_FOR_VERDICT`` paired seeds,
+    ``no paired seeds`` before any.
     """
     seeds = sorted(s for s in cell if s in ref and cell[s] is not None and ref[s] is not None)
     diffs = [float(cell[s]) - float(ref[s]) for s in seeds]  # type: ignore[arg-type]
@@ -433,6 +435,8 @@ def paired(cell: Mapping[int, float | None], ref: Mapping[int, float | None]) ->
     ci = bootstrap_interval(diffs)
     if not seeds:
         verdict = "no paired seeds"
+    elif len(seeds) < MIN_SEEDS_FOR_VERDICT:
+        verdict = "too few seeds"  # two seeds give three distinct resamples: no interval
     elif ci is None or ci[0] <= 0.0 <= ci[1]:
         verdict = "within noise"
     else:

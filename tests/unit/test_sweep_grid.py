@@ -178,7 +178,9 @@ def test_a_difference_whose_interval_holds_zero_is_called_noise() -> None:
     assert got["verdict"] == "within noise"
     assert got["higher_on"] == 2
     one = paired({1: 0.5}, {1: 0.0})
-    assert one["ci95"] is None and one["verdict"] == "within noise"
+    assert one["ci95"] is None and one["verdict"] == "too few seeds"
+    two = paired({1: 0.5, 2: 0.6}, {1: 0.0, 2: 0.0})  # always higher, but two seeds prove nothing
+    assert two["ci95"] is not None and two["verdict"] == "too few seeds"
     assert paired({1: 0.5}, {2: 0.0})["verdict"] == "no paired seeds"
 
 
