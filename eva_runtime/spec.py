@@ -547,7 +547,7 @@ STEP_ENV = frozenset(
 
 class EvaRunSpec(_Model):
     iterations: int = Field(default=3, ge=1, le=1000)
-    seed: int = Field(default=42, ge=0, le=2**63 - 1)
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
     policy: PolicySpec
     reward_model: RewardModelSpec
     prompts: PromptsSpec

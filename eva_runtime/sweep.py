@@ -103,7 +103,7 @@ def parse_seeds(text: str) -> list[int]:
     seeds: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if not re.fullmatch(r"[0-9]{1,18}", part):
+        if not re.fullmatch(r"[0-9]{1,10}", part):
             raise InputError(f"--seeds {text!r}: {part!r} is not a whole number >= 0")
         seed = int(part)
         if seed in seeds:
