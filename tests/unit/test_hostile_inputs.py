@@ -62,7 +62,10 @@ def invoke(args: list[str], cwd: Path) -> tuple[int, str]:
     old = os.getcwd()
     os.chdir(cwd)
     try:
-        result = CliRunner().invoke(main, args)
+        # Not what another test left in this process's environment: only the arguments count.
+        result = CliRunner().invoke(
+            main, args, env={"EVA_SPEC_YAML": None, "JOB_COMPLETION_INDEX": None}
+        )
     finally:
         os.chdir(old)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
