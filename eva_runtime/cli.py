@@ -9,6 +9,9 @@
                                    a grid of cells x seeds, each an ordinary run
   eva sweep report DIR [-o FILE.html]
                                    mean, standard error and paired differences per cell
+  eva bench SUITE --model REF --questions FILE [--answers FILE] --judge-base-url URL
+            --judge-model NAME [--judge-api-key-env VAR] [--out DIR]
+                                   one judged benchmark (arena-hard, mt-bench, alpaca-eval)
   eva crd [-o FILE]                the EvaRun CustomResourceDefinition, from the spec model
 
 Errors a user can cause print one message and exit 2, without a traceback.
@@ -27,7 +30,15 @@ from typing import Any
 import click
 
 from eva_runtime.errors import EvaError
-from eva_runtime.spec import ALL_STEPS, EvaRun, SpecError, load_run, load_runs, sharded
+from eva_runtime.spec import (
+    ALL_STEPS,
+    BENCH_SUITES,
+    EvaRun,
+    SpecError,
+    load_run,
+    load_runs,
+    sharded,
+)
 
 
 def _fail(message: str) -> None:
@@ -480,6 +491,134 @@ def sweep_report(sweep_dir: str, output: str | None, reference: str | None) -> N
     for p in paths:
         click.echo(str(p))
     click.echo(json.dumps(summary, sort_keys=True, default=str))
+
+
+@main.command()
+@click.argument("suite", type=click.Choice(list(BENCH_SUITES)))
+@click.option(
+    "--model",
+    "model_ref",
+    required=True,
+    help="A model folder, hub id, .gguf, or a run directory (its latest policy; RUN_DIR:N "
+    "the policy after iteration N, RUN_DIR:base the starting one).",
+)
+@click.option("--questions", required=True, type=click.Path(dir_okay=False), help="Question file.")
+@click.option(
+    "--answers",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="arena-hard: the baseline's answers; alpaca-eval: reference outputs; mt-bench: "
+    "reference answers.",
+)
+@click.option("--judge-base-url", default=None, help="The judge's OpenAI-compatible server.")
+@click.option("--judge-model", default=None, help="The model name the judge server expects.")
+@click.option(
+    "--judge-api-key-env", default=None, help="Environment variable holding the judge's key."
+)
+@click.option("--judge-model-path", default=None, help="A local judge model instead of a server.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Answers, judgments and result.json (default: eva-bench/SUITE-MODEL).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N questions.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "transformers", "vllm"]),
+    default="auto",
+    show_default=True,
+    help="Backend that runs the model (and a local judge).",
+)
+@click.option(
+    "--max-new-tokens", type=click.IntRange(1, 1_048_576), default=1024, show_default=True
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0, 5),
+    default=None,
+    help="Answer temperature (default: 0; mt-bench: its per-category temperatures).",
+)
+@click.option(
+    "--style-control", is_flag=True, help="arena-hard: length and markdown as covariates."
+)
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds per judge request.",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(0, 100),
+    default=5,
+    show_default=True,
+    help="Judge request retries (429, 5xx, timeouts).",
+)
+@click.option(
+    "--parse-retries",
+    type=click.IntRange(0, 20),
+    default=2,
+    show_default=True,
+    help="Extra asks for a reply without a verdict.",
+)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+def bench(
+    suite: str,
+    model_ref: str,
+    questions: str,
+    answers: str | None,
+    judge_base_url: str | None,
+    judge_model: str | None,
+    judge_api_key_env: str | None,
+    judge_model_path: str | None,
+    out: str | None,
+    limit: int | None,
+    backend: str,
+    max_new_tokens: int,
+    temperature: float | None,
+    style_control: bool,
+    concurrency: int,
+    timeout: float,
+    max_retries: int,
+    parse_retries: int,
+    seed: int,
+) -> None:
+    """Score a model on one judged benchmark: arena-hard, mt-bench or alpaca-eval.
+
+    The last line on stdout is one JSON object (suite, score, ci_low, ci_high, judged,
+    excluded, ...). Answers and judgments are kept in --out: running again asks only for
+    what is missing.
+    """
+    from eva_runtime.bench.cli import run_bench_command
+
+    try:
+        result = run_bench_command(
+            suite=suite,
+            model_ref=model_ref,
+            questions=questions,
+            answers=answers,
+            judge_base_url=judge_base_url,
+            judge_model=judge_model,
+            judge_api_key_env=judge_api_key_env,
+            judge_model_path=judge_model_path,
+            out=out,
+            limit=limit,
+            backend=backend,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            style_control=style_control,
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            parse_retries=parse_retries,
+            seed=seed,
+        )
+    except (EvaError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(result, sort_keys=True))
 
 
 def _with_iterations(run: EvaRun, iterations: int) -> EvaRun:

@@ -33,17 +33,33 @@ def derive_seed(seed: int, *parts: int) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big") & 0x7FFFFFFF
 
 
-def chat_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
+Conversation = Sequence[dict[str, str]]
+
+
+def chat_messages(prompt: str | Conversation, system: str | None = None) -> list[dict[str, str]]:
+    """The chat messages of one request: a user message, or a whole conversation (a list of
+    ``{"role", "content"}`` ending with the user's turn, as a multi-turn benchmark asks)."""
     messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": prompt})
+    if isinstance(prompt, str):
+        messages.append({"role": "user", "content": prompt})
+    else:
+        messages.extend({"role": m["role"], "content": m["content"]} for m in prompt)
     return messages
+
+
+def _flatten(prompt: str | Conversation, system: str | None) -> str:
+    """Plain text of a request for a model without a chat template."""
+    body = prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
+    return f"{system}\n\n{body}" if system else body
 
 
 def _has_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> tuple[str, bool]:
+def render_prompt(
+    tokenizer: Any, prompt: str | Conversation, system: str | None = None
+) -> tuple[str, bool]:
     """The text a chat model should continue, and whether a chat template produced it.
 
     A template already contains the special tokens it wants, so the caller must then
@@ -52,7 +68,7 @@ def render_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> tup
     (Gemma's do): the system text is then put in front of the user message instead.
     """
     if not _has_template(tokenizer):
-        return (f"{system}\n\n{prompt}" if system else prompt), False
+        return _flatten(prompt, system), False
     try:
         text = tokenizer.apply_chat_template(
             chat_messages(prompt, system), tokenize=False, add_generation_prompt=True
@@ -60,9 +76,9 @@ def render_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> tup
     except Exception:
         if not system:
             raise
-        text = tokenizer.apply_chat_template(
-            chat_messages(f"{system}\n\n{prompt}"), tokenize=False, add_generation_prompt=True
-        )
+        messages = chat_messages(prompt)
+        messages[0] = {**messages[0], "content": f"{system}\n\n{messages[0]['content']}"}
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return text, True
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..spec import GenerationBackend
 from ._common import derive_seed, free_torch_memory, pick_device, render_prompt, torch_dtype
-from .protocol import BackendError, Completion, Generator, ProgressCallback, SamplingParams
+from .protocol import BackendError, Completion, Generator, ProgressCallback, Prompt, SamplingParams
 
 __all__ = [
     "BACKENDS",
@@ -143,7 +143,7 @@ class TransformersGenerator:
 
     def generate(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         params: SamplingParams,
         *,
         system: str | None = None,

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from ._common import chat_messages, derive_seed
-from .protocol import BackendError, Completion, ProgressCallback, SamplingParams
+from .protocol import BackendError, Completion, ProgressCallback, Prompt, SamplingParams
 
 __all__ = ["OpenAIGenerator"]
 
@@ -55,7 +55,7 @@ class OpenAIGenerator:
 
     def generate(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         params: SamplingParams,
         *,
         system: str | None = None,
@@ -88,7 +88,7 @@ class OpenAIGenerator:
         return [r for r in results if r is not None]
 
     def _samples(
-        self, index: int, prompt: str, params: SamplingParams, system: str | None
+        self, index: int, prompt: Prompt, params: SamplingParams, system: str | None
     ) -> list[Completion]:
         messages = chat_messages(prompt, system)
         completions: list[Completion] = []

@@ -10,9 +10,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["BackendError", "Completion", "Generator", "ProgressCallback", "SamplingParams"]
+__all__ = [
+    "BackendError",
+    "Completion",
+    "Generator",
+    "ProgressCallback",
+    "Prompt",
+    "SamplingParams",
+]
 
 ProgressCallback = Callable[[int], None]
+# One request: a user message, or a conversation of {"role", "content"} ending with the user.
+Prompt = str | Sequence[dict[str, str]]
 
 
 class BackendError(RuntimeError):
@@ -53,13 +62,13 @@ class Completion:
 class Generator(Protocol):
     def generate(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         params: SamplingParams,
         *,
         system: str | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> list[list[Completion]]:
-        """``params.n`` completions for each user message, in prompt order.
+        """``params.n`` completions for each prompt (message or conversation), in order.
 
         ``on_progress(k)`` is called with the number of prompts finished since the previous
         call (an increment, as progress bars take it).

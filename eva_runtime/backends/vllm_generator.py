@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._common import chat_messages, derive_seed, free_torch_memory
-from .protocol import Completion, ProgressCallback, SamplingParams
+from .protocol import Completion, ProgressCallback, Prompt, SamplingParams
 
 __all__ = ["VLLMGenerator"]
 
@@ -55,7 +55,7 @@ class VLLMGenerator:
 
     def generate(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         params: SamplingParams,
         *,
         system: str | None = None,
