@@ -320,6 +320,13 @@ class EvolveSpec(_Model):
     min_chars: int = Field(
         default=8, ge=1, le=100_000, description="Shorter evolved prompts are dropped."
     )
+    contamination_threshold: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=1.0,
+        description="Evolved prompts whose word 3-gram Jaccard similarity to a held-out prompt "
+        "or a benchmark question reaches this are dropped in create (reason contaminated).",
+    )
 
 
 class CreatorSpec(_Model):
@@ -400,6 +407,81 @@ class SolverSpec(_Model):
     deepspeed: DeepSpeedMode = "none"
 
 
+BENCH_SUITES = ("arena-hard", "mt-bench", "alpaca-eval")
+
+
+class BenchJudgeSpec(_Model):
+    """The judge of a benchmark: an OpenAI-compatible endpoint or a local model."""
+
+    endpoint: OpenAIEndpoint | None = Field(
+        default=None, description="The judge's server (baseUrl, model, apiKeyEnv/apiKeySecret)."
+    )
+    model: str | None = Field(
+        default=None, description="A local judge model (hub id or folder) run by the backend."
+    )
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        default="auto", description="Backend of a local judge model."
+    )
+    concurrency: int = Field(default=8, ge=1, le=1024, description="Judge requests in flight.")
+    timeout_s: float = Field(
+        default=120.0, gt=0, le=86_400, description="Seconds per judge request."
+    )
+    max_retries: int = Field(
+        default=5, ge=0, le=100, description="Retries (with back-off) of 429, 5xx and timeouts."
+    )
+    parse_retries: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description="Extra asks when a reply has no verdict; then it is excluded and counted.",
+    )
+    max_new_tokens: int = Field(default=1024, ge=1, le=1_048_576, description="Judge reply.")
+
+    @model_validator(mode="after")
+    def _one(self) -> BenchJudgeSpec:
+        if (self.endpoint is None) == (self.model is None):
+            raise ValueError("give exactly one of endpoint (a server) or model (a local judge)")
+        return self
+
+
+class BenchmarkSpec(_Model):
+    """One benchmark run on the base policy once and on every iteration's new policy."""
+
+    suite: Literal[BENCH_SUITES] = Field(  # type: ignore[valid-type]
+        description="arena-hard (pairwise vs a baseline), mt-bench (1-10 grading, two turns), "
+        "alpaca-eval (pairwise vs reference outputs)."
+    )
+    questions: str = Field(min_length=1, description="The suite's question file (JSONL).")
+    answers: str | None = Field(
+        default=None,
+        description="arena-hard: the baseline's answers (required); alpaca-eval: reference "
+        "outputs (default: the questions file's output fields); mt-bench: reference answers.",
+    )
+    judge: BenchJudgeSpec
+    limit: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Only the first N questions (None: all)."
+    )
+    temperature: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=5.0,
+        description="Answer temperature (None: 0 for arena-hard and alpaca-eval, MT-Bench's "
+        "per-category temperatures for mt-bench).",
+    )
+    max_new_tokens: int = Field(
+        default=1024, ge=1, le=1_048_576, description="Tokens per policy answer."
+    )
+    style_control: bool = Field(
+        default=False, description="arena-hard: length and markdown counts as covariates."
+    )
+
+    @model_validator(mode="after")
+    def _answers(self) -> BenchmarkSpec:
+        if self.suite == "arena-hard" and not self.answers:
+            raise ValueError("answers: required for arena-hard (the baseline model's answers)")
+        return self
+
+
 class EvaluationSpec(_Model):
     samples_per_prompt: int = Field(
         default=2, ge=1, le=1024, description="Responses per held-out prompt."
@@ -409,6 +491,12 @@ class EvaluationSpec(_Model):
     )
     max_new_tokens: int | None = Field(
         default=None, ge=1, le=1_048_576, description="None: generation's."
+    )
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Independent judged benchmarks: a benchmark step after evaluate in every "
+        "iteration (the base policy is benchmarked once, in iteration 0).",
     )
 
 
