@@ -36,7 +36,7 @@ JOB = "eva"
 BASE_LABELS = ("run", "namespace", "iteration", "step", "shard")
 
 REJECTION_REASONS = frozenset(
-    {"empty", "too_short", "copy_of_parent", "duplicate", "near_duplicate"}
+    {"empty", "too_short", "contaminated", "copy_of_parent", "duplicate", "near_duplicate"}
 )
 """The reasons ``clean_evolved`` gives; any other is counted as ``other`` so a new reason can
 never grow the label set without bound."""

@@ -69,8 +69,8 @@ def _records(path: Path, *, allow_list: bool = False) -> list[tuple[str, dict[st
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InputError(f"{_where(path, line)}: not UTF-8 text") from None
+        bad = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"{_where(path, bad)}: not UTF-8 text") from None
     stripped = text.lstrip()
     if allow_list and stripped.startswith("["):
         try:

@@ -272,6 +272,7 @@ def judge_all(
                 i = todo[j]
                 key = keys[i]
                 n = len(state(key).replies)
+                record: dict[str, Any]
                 if error is not None:
                     record = {"key": key, "status": "error", "error": error, "judge": judge.id}
                 else:

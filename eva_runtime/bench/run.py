@@ -17,12 +17,12 @@ from typing import Any
 
 from eva_runtime.bench import formats, prompts, scoring
 from eva_runtime.bench.formats import Question
-from eva_runtime.bench.judge import JsonlStore, Judge, judge_all
+from eva_runtime.bench.judge import JsonlStore, Judge, Messages, Outcome, judge_all
 from eva_runtime.errors import InputError
 from eva_runtime.progress import note, task
 
 RESULT = "result.json"
-# Judge prompts per question: arena-hard two games, mt-bench one per turn, alpaca-eval one.
+Ask = Callable[[list[Messages], Callable[[str], Any]], list[Outcome]]
 DETAIL_CHARS = 4000  # answers and replies kept per question in result.json, for the report
 
 
@@ -159,6 +159,137 @@ def _cut(text: str | None) -> str:
     return text if len(text) <= DETAIL_CHARS else text[:DETAIL_CHARS] + " [...]"
 
 
+def _arena(
+    cfg: BenchConfig,
+    questions: list[Question],
+    answers: dict[str, tuple[str, ...]],
+    refs: dict[str, tuple[str, ...]],
+    ask: Ask,
+) -> tuple[dict[str, float], list[dict[str, Any]], list[Outcome]]:
+    """Two games per question, the baseline first in game 1; battles scored by the fit."""
+    details: list[dict[str, Any]] = []
+    asks: list[Messages] = []
+    meta: list[tuple[Question, bool]] = []
+    for q in questions:
+        base, mine = refs[q.id][0], answers[q.id][0]
+        # Game 1: the baseline is A; game 2: the model is A.
+        asks += [
+            prompts.arena_prompt(q.turns[0], base, mine),
+            prompts.arena_prompt(q.turns[0], mine, base),
+        ]
+        meta += [(q, False), (q, True)]
+    outcomes = ask(asks, scoring.parse_verdict)
+    battles = []
+    for (q, model_is_a), o in zip(meta, outcomes, strict=True):
+        if o.parsed is None:
+            continue
+        style = scoring.style_difference(answers[q.id][0], refs[q.id][0])
+        battles.append(scoring.battle(q.id, o.parsed, model_is_a, style))
+    stats = scoring.arena_score(battles, style_control=cfg.style_control, seed=cfg.seed)
+    by_q: dict[str, list[tuple[Any, Any]]] = {}
+    for (q, model_is_a), o in zip(meta, outcomes, strict=True):
+        by_q.setdefault(q.id, []).append((model_is_a, o))
+    for q in questions:
+        games = by_q[q.id]
+        # Per game: +-0.5 for a win or loss, +-1.5 for a strong one, 0 for a tie.
+        ys = [
+            (b.y - 0.5) * b.weight
+            for b in (scoring.battle(q.id, o.parsed, a) for a, o in games if o.parsed)
+        ]
+        details.append(
+            {
+                "question_id": q.id,
+                "question": _cut(q.turns[0]),
+                "answer": _cut(answers[q.id][0]),
+                "other": _cut(refs[q.id][0]),
+                "verdicts": [o.parsed for _, o in games],
+                "value": sum(ys) / len(ys) if ys else None,
+                "reasoning": _cut(games[0][1].replies[-1] if games[0][1].replies else ""),
+            }
+        )
+    return stats, details, outcomes
+
+
+def _mt_bench(
+    cfg: BenchConfig,
+    questions: list[Question],
+    answers: dict[str, tuple[str, ...]],
+    refs: dict[str, tuple[str, ...]],
+    ask: Ask,
+) -> tuple[dict[str, float], list[dict[str, Any]], list[Outcome]]:
+    """One grading per answered turn, against the reference where the category needs one."""
+    details: list[dict[str, Any]] = []
+    asks: list[Messages] = []
+    meta: list[tuple[Question, int]] = []
+    for q in questions:
+        ref_turns = refs.get(q.id) or q.reference
+        for turn in range(len(answers[q.id])):
+            reference = None
+            if q.category in formats.MT_BENCH_NEEDS_REFERENCE and len(ref_turns) > turn:
+                reference = ref_turns[turn]
+            asks.append(prompts.mt_prompt(q.turns, answers[q.id], turn + 1, reference))
+            meta.append((q, turn + 1))
+    outcomes = ask(asks, scoring.parse_mt_rating)
+    ratings = [
+        (t, float(o.parsed))
+        for (q, t), o in zip(meta, outcomes, strict=True)
+        if o.parsed is not None
+    ]
+    stats = scoring.mt_bench_score(ratings, seed=cfg.seed)
+    for (q, t), o in zip(meta, outcomes, strict=True):
+        details.append(
+            {
+                "question_id": q.id,
+                "turn": t,
+                "category": q.category,
+                "question": _cut(q.turns[t - 1]),
+                "answer": _cut(answers[q.id][t - 1]),
+                "value": o.parsed,
+                "reasoning": _cut(o.replies[-1] if o.replies else ""),
+            }
+        )
+    return stats, details, outcomes
+
+
+def _alpaca_eval(
+    cfg: BenchConfig,
+    questions: list[Question],
+    answers: dict[str, tuple[str, ...]],
+    refs: dict[str, tuple[str, ...]],
+    ask: Ask,
+) -> tuple[dict[str, float], list[dict[str, Any]], list[Outcome]]:
+    """One preference per instruction, the order drawn per instruction from the seed."""
+    details: list[dict[str, Any]] = []
+    rng = random.Random(cfg.seed)
+    asks: list[Messages] = []
+    meta: list[tuple[Question, bool]] = []
+    for q in questions:
+        mine, ref = answers[q.id][0], refs[q.id][0]
+        model_first = rng.random() < 0.5
+        a, b = (mine, ref) if model_first else (ref, mine)
+        asks.append(prompts.alpaca_prompt(q.turns[0], a, b))
+        meta.append((q, model_first))
+    outcomes = ask(asks, scoring.parse_choice)
+    prefs: list[tuple[float, float]] = []
+    for (q, model_first), o in zip(meta, outcomes, strict=True):
+        value = None
+        if o.parsed is not None:
+            value = 0.5 if o.parsed == "tie" else float((o.parsed == "a") == model_first)
+            prefs.append((value, len(answers[q.id][0]) - len(refs[q.id][0])))
+        details.append(
+            {
+                "question_id": q.id[:80],
+                "question": _cut(q.turns[0]),
+                "answer": _cut(answers[q.id][0]),
+                "other": _cut(refs[q.id][0]),
+                "value": value,
+                "reasoning": _cut(o.replies[-1] if o.replies else ""),
+            }
+        )
+    stats = scoring.alpaca_score(prefs, seed=cfg.seed)
+    return stats, details, outcomes
+
+
 def run_bench(
     cfg: BenchConfig,
     *,
@@ -177,103 +308,20 @@ def run_bench(
         make_generator, model_id, questions, cfg, JsonlStore(out / "answers.jsonl"), label
     )
     store = JsonlStore(out / "judgments.jsonl")
-    judge_kw = {"parse_retries": cfg.parse_retries, "seed": cfg.seed, "label": f"{label}: judging"}
-    details: list[dict[str, Any]] = []
-    if cfg.suite == "arena-hard":
-        asks, meta = [], []
-        for q in questions:
-            base, mine = refs[q.id][0], answers[q.id][0]
-            # Game 1: the baseline is A; game 2: the model is A.
-            asks += [
-                prompts.arena_prompt(q.turns[0], base, mine),
-                prompts.arena_prompt(q.turns[0], mine, base),
-            ]
-            meta += [(q, False), (q, True)]
-        outcomes = judge_all(judge, store, asks, scoring.parse_verdict, **judge_kw)
-        battles = []
-        for (q, model_is_a), o in zip(meta, outcomes, strict=True):
-            if o.parsed is None:
-                continue
-            style = scoring.style_difference(answers[q.id][0], refs[q.id][0])
-            battles.append(scoring.battle(q.id, o.parsed, model_is_a, style))
-        stats = scoring.arena_score(battles, style_control=cfg.style_control, seed=cfg.seed)
-        by_q: dict[str, list[tuple[Any, Any]]] = {}
-        for (q, model_is_a), o in zip(meta, outcomes, strict=True):
-            by_q.setdefault(q.id, []).append((model_is_a, o))
-        for q in questions:
-            games = by_q[q.id]
-            # Per game: +-0.5 for a win or loss, +-1.5 for a strong one, 0 for a tie.
-            ys = [
-                (b.y - 0.5) * b.weight
-                for b in (scoring.battle(q.id, o.parsed, a) for a, o in games if o.parsed)
-            ]
-            details.append(
-                {
-                    "question_id": q.id,
-                    "question": _cut(q.turns[0]),
-                    "answer": _cut(answers[q.id][0]),
-                    "other": _cut(refs[q.id][0]),
-                    "verdicts": [o.parsed for _, o in games],
-                    "value": sum(ys) / len(ys) if ys else None,
-                    "reasoning": _cut(games[0][1].replies[-1] if games[0][1].replies else ""),
-                }
-            )
-    elif cfg.suite == "mt-bench":
-        asks, meta = [], []
-        for q in questions:
-            ref_turns = refs.get(q.id) or q.reference
-            for turn in range(len(answers[q.id])):
-                reference = None
-                if q.category in formats.MT_BENCH_NEEDS_REFERENCE and len(ref_turns) > turn:
-                    reference = ref_turns[turn]
-                asks.append(prompts.mt_prompt(q.turns, answers[q.id], turn + 1, reference))
-                meta.append((q, turn + 1))
-        outcomes = judge_all(judge, store, asks, scoring.parse_mt_rating, **judge_kw)
-        ratings = [
-            (t, float(o.parsed))
-            for (q, t), o in zip(meta, outcomes, strict=True)
-            if o.parsed is not None
-        ]
-        stats = scoring.mt_bench_score(ratings, seed=cfg.seed)
-        for (q, t), o in zip(meta, outcomes, strict=True):
-            details.append(
-                {
-                    "question_id": q.id,
-                    "turn": t,
-                    "category": q.category,
-                    "question": _cut(q.turns[t - 1]),
-                    "answer": _cut(answers[q.id][t - 1]),
-                    "value": o.parsed,
-                    "reasoning": _cut(o.replies[-1] if o.replies else ""),
-                }
-            )
-    else:
-        rng = random.Random(cfg.seed)
-        asks, meta = [], []
-        for q in questions:
-            mine, ref = answers[q.id][0], refs[q.id][0]
-            model_first = rng.random() < 0.5
-            a, b = (mine, ref) if model_first else (ref, mine)
-            asks.append(prompts.alpaca_prompt(q.turns[0], a, b))
-            meta.append((q, model_first))
-        outcomes = judge_all(judge, store, asks, scoring.parse_choice, **judge_kw)
-        prefs = []
-        for (q, model_first), o in zip(meta, outcomes, strict=True):
-            value = None
-            if o.parsed is not None:
-                value = 0.5 if o.parsed == "tie" else float((o.parsed == "a") == model_first)
-                prefs.append((value, len(answers[q.id][0]) - len(refs[q.id][0])))
-            details.append(
-                {
-                    "question_id": q.id[:80],
-                    "question": _cut(q.turns[0]),
-                    "answer": _cut(answers[q.id][0]),
-                    "other": _cut(refs[q.id][0]),
-                    "value": value,
-                    "reasoning": _cut(o.replies[-1] if o.replies else ""),
-                }
-            )
-        stats = scoring.alpaca_score(prefs, seed=cfg.seed)
+
+    def ask(asks: list[Messages], parse: Callable[[str], Any]) -> list[Outcome]:
+        return judge_all(
+            judge,
+            store,
+            asks,
+            parse,
+            parse_retries=cfg.parse_retries,
+            seed=cfg.seed,
+            label=f"{label}: judging",
+        )
+
+    protocol = {"arena-hard": _arena, "mt-bench": _mt_bench, "alpaca-eval": _alpaca_eval}
+    stats, details, outcomes = protocol[cfg.suite](cfg, questions, answers, refs, ask)
     judged = sum(1 for o in outcomes if o.parsed is not None)
     result = {
         "suite": cfg.suite,

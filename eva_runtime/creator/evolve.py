@@ -15,8 +15,12 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # contamination builds on this module's normalise and shingles
+    from eva_runtime.creator.contamination import ContaminationIndex
 
 # (method, instruction). Each asks for the rewritten prompt alone, so parsing stays simple.
 OPERATIONS: tuple[tuple[str, str], ...] = (
@@ -163,15 +167,19 @@ def clean_evolved(
     existing: Sequence[str] = (),
     near_duplicate_threshold: float = 0.9,
     min_chars: int = 8,
+    contamination: ContaminationIndex | None = None,
 ) -> Cleaned:
     """Keep usable evolved prompts; drop the rest with a reason.
 
-    Reasons: ``empty`` (nothing left after parsing), ``too_short``, ``copy_of_parent``
-    (same normalised text, or near duplicate of the parent), ``duplicate`` (same
-    normalised text as a kept prompt or one already in the prompt set), and
-    ``near_duplicate`` (word 3-gram Jaccard similarity to a kept sibling at or above the
-    threshold). Near duplicates are checked among variants of the same parent, where they
-    arise; exact duplicates across the whole set.
+    Reasons: ``empty`` (nothing left after parsing), ``too_short``, ``contaminated``
+    (``contamination`` matches it: an exact or near duplicate of a held-out prompt or a
+    benchmark question), ``copy_of_parent`` (same normalised text, or near duplicate of the
+    parent), ``duplicate`` (same normalised text as a kept prompt or one already in the
+    prompt set), and ``near_duplicate`` (word 3-gram Jaccard similarity to a kept sibling at
+    or above the threshold). Near duplicates are checked among variants of the same parent,
+    where they arise; exact duplicates across the whole set. Contamination comes before the
+    duplicate checks so that every leak of evaluation text is counted as such, even one that
+    is also a copy of its parent (a prompt source that holds benchmark questions).
     """
     out = Cleaned()
     seen = {normalise(t) for t in existing}
@@ -184,6 +192,9 @@ def clean_evolved(
             continue
         if len(text) < min_chars:
             out.dropped.append((cand, text, "too_short"))
+            continue
+        if contamination is not None and contamination.match(text) is not None:
+            out.dropped.append((cand, text, "contaminated"))
             continue
         sh = shingles(text)
         if norm == normalise(cand.parent) or (

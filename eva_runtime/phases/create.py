@@ -7,6 +7,11 @@ parent id, root id, method, iteration, depth, parent informativeness), ``dropped
 ``mixed`` = X_{t+1}: the evolved prompts plus the buffer, prompts of X_t whose responses
 form a pair, in the share ``bufferRatio``. When cleaning leaves no evolved prompt, the
 buffer is every usable prompt of X_t and the step says so (warning, ``evolved_empty``).
+
+Evolved prompts that are exact or near duplicates of a held-out prompt or of a benchmark
+question (every turn of every question of ``evaluation.benchmarks``) are dropped as
+``contaminated`` and counted (``dropped_contaminated``, always present): otherwise the
+policy could train on what evaluates it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pandas as pd
 
 from eva_runtime.artifacts import write_parquet
 from eva_runtime.creator import informativeness, normalised_weights, sample_prompts
+from eva_runtime.creator.contamination import ContaminationIndex, contamination_index
 from eva_runtime.creator.evolve import (
     Candidate,
     clean_evolved,
@@ -104,6 +110,7 @@ def run_create(ctx: Context, iteration: int) -> dict:
         "evolve_tokens": evolve_tokens,
         "evolved": len(evolved),
         "dropped": len(dropped),
+        "dropped_contaminated": int(reasons.get("contaminated", 0)),
         **{f"dropped_{k}": int(v) for k, v in reasons.items()},
         "buffer": len(buffer),
         "mixed": len(mixed),
@@ -111,9 +118,12 @@ def run_create(ctx: Context, iteration: int) -> dict:
         "informativeness_mean": float(scores.mean()) if scores.size else 0.0,
         **{f"informativeness_{k}": v for k, v in quantiles(scores).items()},
     }
+    contaminated = counts["dropped_contaminated"]
     note(
         f"iter {iteration} create: {counts['selected']}/{len(ids)} prompts selected, "
-        f"{len(evolved)} evolved kept, {len(dropped)} dropped, {len(buffer)} buffer"
+        f"{len(evolved)} evolved kept, {len(dropped)} dropped"
+        + (f" ({contaminated} contaminated)" if contaminated else "")
+        + f", {len(buffer)} buffer"
     )
     return sd.finish(counts)
 
@@ -132,6 +142,8 @@ def _evolve(
         return out[LINEAGE].reset_index(drop=True), empty_dropped, 0
     from eva_runtime.backends.generation import SamplingParams
 
+    # Built before the evolver runs, so an unreadable benchmark file fails the step early.
+    contamination = reference_index(ctx)
     ev = c.evolve.evolver
     plan = plan_methods(len(parents), c.evolve.variants_per_prompt, seed)
     cands_meta: list[tuple[int, str]] = []
@@ -173,6 +185,7 @@ def _evolve(
         existing=prompts["prompt"].tolist(),
         near_duplicate_threshold=c.evolve.near_duplicate_threshold,
         min_chars=c.evolve.min_chars,
+        contamination=contamination,
     )
     for reason, k in cleaned.counts().items():
         metrics.evolve_rejected(reason, k)
@@ -208,3 +221,19 @@ def _evolve(
         columns=["parent_id", "method", "reply", "parsed", "reason"],
     ).astype("string")
     return evolved, dropped, sum(o.num_tokens for outs in replies for o in outs)
+
+
+def reference_index(ctx: Context) -> ContaminationIndex:
+    """What evolved prompts must not copy: held-out prompts and every benchmark turn.
+
+    A benchmark file that cannot be read fails the step with ``read_questions``'s
+    ``InputError`` (file and line). All questions count, whatever the benchmark's ``limit``:
+    a question left out of scoring now may be scored by a later run on the same policy.
+    """
+    from eva_runtime.bench.formats import read_questions
+
+    references = [str(p) for p in ctx.heldout()["prompt"]]
+    for bench in ctx.spec.evaluation.benchmarks:
+        for q in read_questions(bench.suite, bench.questions):
+            references.extend(q.turns)
+    return contamination_index(references, ctx.spec.creator.evolve.contamination_threshold)
