@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from eva_runtime.errors import StepError
-from eva_runtime.spec import PREPARE, STEPS
+from eva_runtime.spec import ITERATION_STEPS, PREPARE
 
 MANIFEST = "evarun.yaml"  # the run's manifest, beside its artifacts
 _ITER = re.compile(r"iter-(\d+)")
@@ -186,13 +186,20 @@ class StepDir:
             raise StepError(f"{self.path}: step is not complete (no {SUCCESS})")
         return read_json(self.marker)
 
-    def begin(self) -> bool:
-        """True if the step must run (folder wiped clean); False if already complete."""
+    def begin(self, *, resume: bool = False) -> bool:
+        """True if the step must run (folder wiped clean); False if already complete.
+
+        ``resume`` keeps what an interrupted attempt wrote: for a step whose files are
+        caches keyed by their content (the benchmark step's answers and judgments), so a
+        killed attempt's work is not asked for again.
+        """
         if self.complete():
             return False
-        if self.path.exists():
+        if self.path.exists() and not resume:
             shutil.rmtree(self.path)
-        self.path.mkdir(parents=True)
+        if self.marker.exists():
+            self.marker.unlink()  # a damaged step's marker: the step runs again
+        self.path.mkdir(parents=True, exist_ok=True)
         self._started = time.time()
         return True
 
@@ -242,8 +249,8 @@ class RunDir:
             atomic_write_bytes(path, data)
 
     def step(self, iteration: int, step: str) -> StepDir:
-        if step not in STEPS:
-            raise ValueError(f"unknown step {step!r}; one of {', '.join(STEPS)}")
+        if step not in ITERATION_STEPS:
+            raise ValueError(f"unknown step {step!r}; one of {', '.join(ITERATION_STEPS)}")
         return StepDir(self.path / f"iter-{iteration}" / step)
 
     def shard(self, iteration: int, step: str, shard: int, num_shards: int) -> StepDir:

@@ -103,6 +103,34 @@ class StepMetrics:
             (*base, "status"),
             registry=r,
         )
+        bench = (*base, "benchmark", "policy")
+        self._bench_score = Gauge(
+            "eva_benchmark_score",
+            "A judged benchmark's score (policy: new, or base for the starting policy).",
+            bench,
+            registry=r,
+        )
+        self._bench_low = Gauge(
+            "eva_benchmark_score_ci_low",
+            "Lower end of the score's 95% interval.",
+            bench,
+            registry=r,
+        )
+        self._bench_high = Gauge(
+            "eva_benchmark_score_ci_high",
+            "Upper end of the score's 95% interval.",
+            bench,
+            registry=r,
+        )
+        self._bench_excluded = Gauge(
+            "eva_benchmark_excluded",
+            "Judgments excluded: unparseable after retries, or failed requests.",
+            bench,
+            registry=r,
+        )
+        self._judge_requests = Counter(
+            "eva_judge_requests", "Requests sent to a benchmark judge.", base, registry=r
+        )
         # Counters exist at 0 from the start, so rate() and increase() see the first increment.
         for c in (self._prompts_done, self._tokens, self._scored, self._evolve_attempts):
             c.labels(**self.labels)
@@ -133,6 +161,23 @@ class StepMetrics:
     def evolve_rejected(self, reason: str, k: int = 1) -> None:
         reason = reason if reason in REJECTION_REASONS else "other"
         self._evolve_rejections.labels(**self.labels, reason=reason).inc(k)
+
+    def benchmark_result(self, name: str, policy: str, result: dict[str, Any]) -> None:
+        """A benchmark's score and interval; NaN (nothing judged) leaves the gauges unset."""
+        labels = {**self.labels, "benchmark": name, "policy": policy}
+        for gauge, key in (
+            (self._bench_score, "score"),
+            (self._bench_low, "ci_low"),
+            (self._bench_high, "ci_high"),
+        ):
+            value = result.get(key)
+            if isinstance(value, int | float) and value == value:
+                gauge.labels(**labels).set(value)
+        excluded = int(result.get("excluded") or 0) + int(result.get("errors") or 0)
+        self._bench_excluded.labels(**labels).set(excluded)
+
+    def judge_requests(self, k: int = 1) -> None:
+        self._judge_requests.labels(**self.labels).inc(k)
 
     def train_progress(self, step: int, loss: float | None, learning_rate: float | None) -> None:
         """Loss and learning rate are left untouched when a log entry lacks them, so a gauge
@@ -217,6 +262,12 @@ class NullMetrics:
         pass
 
     def evolve_rejected(self, reason: str, k: int = 1) -> None:
+        pass
+
+    def benchmark_result(self, name: str, policy: str, result: dict[str, Any]) -> None:
+        pass
+
+    def judge_requests(self, k: int = 1) -> None:
         pass
 
     def train_progress(self, step: int, loss: float | None, learning_rate: float | None) -> None:

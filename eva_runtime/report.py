@@ -330,6 +330,11 @@ class _Run:
                 or any((self.path / f"iter-{t}" / "create").exists() for t in self.iterations)
             )
         self.creator = bool(enabled)
+        self.benchmarks: list[dict[str, Any]] = [
+            b
+            for b in (_get(self.spec, "evaluation", "benchmarks", default=None) or [])
+            if isinstance(b, dict)
+        ]
         self.planned = int(_get(self.spec, "iterations", default=0) or 0)
         last = self.iterations[-1] + 1 if self.iterations else 0
         self.rows: list[dict[str, Any]] = summary_rows(self.rd, last)
@@ -341,7 +346,7 @@ class _Run:
 
     @property
     def steps(self) -> tuple[str, ...]:
-        return steps_for(self.creator)
+        return steps_for(self.creator, bool(self.benchmarks))
 
     def counts(self, t: int, step: str) -> dict[str, Any]:
         sd = self.rd.step(t, step)
@@ -467,6 +472,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 _summary_section(run),
                 _reward_section(run),
                 _heldout_section(run),
+                _bench_section(run),
                 _informativeness_section(run),
                 _lineage_section(run),
                 _evolutions_section(run),
@@ -708,6 +714,110 @@ def _heldout_section(run: _Run) -> str:
     missing = run.missing_for("evaluate")
     extra = _missing("Not yet evaluated: " + ", ".join(missing)) if missing else ""
     return _section("heldout", title, _figs(*images) + table + extra)
+
+
+BENCH_NOTE = (
+    "Scored by a judge model the policy was not trained against (the held-out reward above "
+    "is the training reward model's). Arena-hard and alpaca-eval: win rate in % against the "
+    "baseline's or the reference's answers; mt-bench: mean 1-10 rating. Intervals: 95% "
+    "bootstrap. A small judge's scores say little about quality: read them as a check "
+    "that the policy did not merely learn to please its reward model."
+)
+BIGGEST = 5  # wins and losses shown per benchmark
+
+
+def _bench_section(run: _Run) -> str:
+    title = "Independent benchmarks"
+    if not run.benchmarks:
+        return ""
+    from eva_runtime.phases.benchmark import results
+
+    parts = [f'<p class="note">{_e(BENCH_NOTE)}</p>']
+    last = None
+    for b in run.benchmarks:
+        name = str(b.get("name") or b.get("suite") or "?")
+        curve: list[tuple[str, dict[str, Any]]] = []
+        base = results(run.path, 0, name, "base")
+        if base:
+            curve.append(("base", base))
+        for t in run.iterations:
+            r = results(run.path, t, name)
+            if r:
+                curve.append((f"iter {t}", r))
+                last = (t, r)
+        parts.append(f"<h3>{_e(name)} ({_e(b.get('suite', ''))})</h3>")
+        if not curve:
+            parts.append(run.no_data("benchmark"))
+            continue
+        fig, ax = _figure()
+        xs = list(range(len(curve)))
+        ys = [_nan(r.get("score")) for _, r in curve]
+        lo = [y - _nan(r.get("ci_low")) for y, (_, r) in zip(ys, curve, strict=True)]
+        hi = [_nan(r.get("ci_high")) - y for y, (_, r) in zip(ys, curve, strict=True)]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", color=COLORS[1], capsize=3)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([lab for lab, _ in curve])
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.margins(y=0.25)
+        ax.set_title(f"{name}: score by policy, 95% interval")
+        ax.set_ylabel("score")
+        rows = [
+            [
+                _e(lab),
+                _num(r.get("score"), 2),
+                f"{_num(r.get('ci_low'), 2)} – {_num(r.get('ci_high'), 2)}",
+                _e(r.get("judged")),
+                _e(r.get("excluded")),
+                _e(r.get("errors")),
+            ]
+            for lab, r in curve
+        ]
+        table = _table(
+            ["policy", "score", "95% interval", "judged", "unparseable", "failed"], rows, text={0}
+        )
+        parts.append(_figs(_img(fig, f"{name} score by policy")) + table)
+        if last is not None:
+            parts.append(_bench_extremes(name, last[0], last[1]))
+    return _section("benchmarks", title, "".join(parts))
+
+
+def _bench_extremes(name: str, t: int, result: dict[str, Any]) -> str:
+    """The questions the latest policy did best and worst on, with both answers and the
+    judge's reasoning."""
+    scored = [d for d in result.get("details") or [] if isinstance(d.get("value"), int | float)]
+    if not scored:
+        return ""
+    scored.sort(key=lambda d: d["value"])
+    worst = scored[:BIGGEST]
+    best = [d for d in scored[::-1][:BIGGEST] if d not in worst]
+    rows = []
+    for kind, items in (("win", best), ("loss", worst)):
+        for d in items:
+            rows.append(
+                [
+                    _e(kind),
+                    _e(d.get("question_id")),
+                    _num(d.get("value"), 2),
+                    _prompt_cell(d.get("question")),
+                    _prompt_cell(d.get("answer")),
+                    _prompt_cell(d.get("other", "")),
+                    _prompt_cell(d.get("reasoning")),
+                ]
+            )
+    table = _table(
+        [
+            "",
+            "question",
+            "value",
+            "question text",
+            "policy's answer",
+            "baseline / reference",
+            "judge",
+        ],
+        rows,
+        text={0, 1},
+    )
+    return f"<h4>Biggest wins and losses (policy after iteration {t})</h4>" + table
 
 
 def _disabled(sid: str, title: str) -> str:

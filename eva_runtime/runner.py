@@ -17,9 +17,9 @@ from typing import Any
 
 from eva_runtime.artifacts import RunDir
 from eva_runtime.errors import EvaError, InputError
-from eva_runtime.phases import Context, run_phase, steps_for
+from eva_runtime.phases import Context, run_phase
 from eva_runtime.progress import console, note, warn
-from eva_runtime.spec import EvaRun, mutable_fields_text, sharded, spec_changes
+from eva_runtime.spec import EvaRun, iteration_steps, mutable_fields_text, sharded, spec_changes
 from eva_runtime.summary import print_summary, summary_rows
 
 
@@ -68,15 +68,21 @@ def preflight(run: EvaRun) -> None:
             problems.append(f"spec.rewardModel.function: {exc}")
     if s.generation.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         problems.append("spec.generation.backend: vllm is not installed (pip install '.[gpu]')")
-    for ep_field, ep in (
-        ("spec.generation.endpoint", s.generation.endpoint),
-        ("spec.creator.evolve.evolver.endpoint", s.creator.evolve.evolver.endpoint),
-        ("spec.rewardModel.judgeEndpoint", s.reward_model.judge_endpoint),
-    ):
-        if ep is not None and ep.api_key_env and ep.api_key_env not in os.environ:
+    for ep_field, ep in s.endpoints():
+        if ep.api_key_env and ep.api_key_env not in os.environ:
             problems.append(
-                f"{ep_field}.apiKeyEnv: environment variable {ep.api_key_env} is not set"
+                f"spec.{ep_field}.apiKeyEnv: environment variable {ep.api_key_env} is not set"
             )
+    for i, b in enumerate(s.evaluation.benchmarks):
+        where = f"spec.evaluation.benchmarks[{i}]"
+        for field, file in (("questions", b.questions), ("answers", b.answers)):
+            if file and not Path(file).is_file():
+                problems.append(f"{where}.{field}: {file} not found")
+        if b.judge.model:
+            try:
+                check_model_reachable(b.judge.model)
+            except ValueError as exc:
+                problems.append(f"{where}.judge.model: {exc}")
     if problems:
         raise EvaError("cannot start the run:\n" + "\n".join(f"  {p}" for p in problems))
 
@@ -145,7 +151,7 @@ def run_all(
     try:
         step("prepare")
         for t in range(run.spec.iterations):
-            for name in steps_for(run.spec.creator.enabled):
+            for name in iteration_steps(run.spec):
                 if ctx.run_dir.step(t, name).complete():
                     continue
                 if sharded(name):
@@ -213,7 +219,7 @@ def _forget_pushed(run: EvaRun, gateway: str) -> None:
 
     groups = [(0, "prepare", 0)]
     for t in range(run.spec.iterations):
-        for name in steps_for(run.spec.creator.enabled):
+        for name in iteration_steps(run.spec):
             shards = run.spec.generation.shards if sharded(name) else 1
             groups.extend((t, name, i) for i in range(shards))
     delete_run_groups(gateway, run=run.name, namespace=run.namespace, groups=groups)

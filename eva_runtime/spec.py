@@ -31,7 +31,10 @@ from eva_runtime.api import API_VERSION, KIND
 # The steps of one iteration, in order (``prepare`` runs once before iteration 0).
 STEPS = ("generate", "create", "generate-evolved", "train", "evaluate")
 PREPARE = "prepare"
-ALL_STEPS = (PREPARE, *STEPS)  # every step `eva phase` runs
+# After evaluate, in runs with evaluation.benchmarks: the judged benchmarks.
+BENCHMARK = "benchmark"
+ITERATION_STEPS = (*STEPS, BENCHMARK)  # every step an iteration can have
+ALL_STEPS = (PREPARE, *ITERATION_STEPS)  # every step `eva phase` runs
 # The steps that sample responses: split over `generation.shards` (an Indexed Job in a cluster).
 GENERATION_STEPS = ("generate", "generate-evolved")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -447,6 +450,11 @@ class BenchJudgeSpec(_Model):
 class BenchmarkSpec(_Model):
     """One benchmark run on the base policy once and on every iteration's new policy."""
 
+    name: str | None = Field(
+        default=None,
+        description="Names its results (bench/<name>/score); default: the suite. Lowercase "
+        "letters, digits and '-'.",
+    )
     suite: Literal[BENCH_SUITES] = Field(  # type: ignore[valid-type]
         description="arena-hard (pairwise vs a baseline), mt-bench (1-10 grading, two turns), "
         "alpaca-eval (pairwise vs reference outputs)."
@@ -479,6 +487,12 @@ class BenchmarkSpec(_Model):
     def _answers(self) -> BenchmarkSpec:
         if self.suite == "arena-hard" and not self.answers:
             raise ValueError("answers: required for arena-hard (the baseline model's answers)")
+        if self.name is None:
+            self.name = self.suite
+        elif len(self.name) > 40 or not _DNS_LABEL.match(self.name):
+            raise ValueError(
+                f"name: {self.name!r} must be lowercase letters, digits and '-' (at most 40)"
+            )
         return self
 
 
@@ -498,6 +512,15 @@ class EvaluationSpec(_Model):
         description="Independent judged benchmarks: a benchmark step after evaluate in every "
         "iteration (the base policy is benchmarked once, in iteration 0).",
     )
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique_names(cls, v: list[BenchmarkSpec]) -> list[BenchmarkSpec]:
+        names = [b.name for b in v]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two benchmarks are named {name!r}; give each its own name")
+        return v
 
 
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
@@ -541,6 +564,10 @@ class ResourcesSpec(_Model):
     create: StepResources = Field(default_factory=lambda: StepResources(gpus=1))
     train: StepResources = Field(default_factory=lambda: StepResources(gpus=1))
     evaluate: StepResources = Field(default_factory=lambda: StepResources(gpus=1))
+    benchmark: StepResources = Field(
+        default_factory=lambda: StepResources(gpus=1),
+        description="The benchmark step (the policy answers; a local judge runs here too).",
+    )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     affinity: dict[str, Any] | None = Field(
@@ -649,6 +676,18 @@ class EvaRunSpec(_Model):
     credentials: Credentials = Field(default_factory=Credentials)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
 
+    def endpoints(self) -> list[tuple[str, OpenAIEndpoint]]:
+        """Every OpenAI-compatible server the spec names, with its field path (one list for
+        the secrets check, the step pods' environment and the runner's preflight)."""
+        found: list[tuple[str, OpenAIEndpoint | None]] = [
+            ("generation.endpoint", self.generation.endpoint),
+            ("creator.evolve.evolver.endpoint", self.creator.evolve.evolver.endpoint),
+            ("rewardModel.judgeEndpoint", self.reward_model.judge_endpoint),
+        ]
+        for i, b in enumerate(self.evaluation.benchmarks):
+            found.append((f"evaluation.benchmarks[{i}].judge.endpoint", b.judge.endpoint))
+        return [(where, ep) for where, ep in found if ep is not None]
+
     @model_validator(mode="after")
     def _one_secret_per_env(self) -> EvaRunSpec:
         seen: dict[str, tuple[str, SecretKeyRef]] = {}
@@ -658,12 +697,8 @@ class EvaRunSpec(_Model):
             "MLFLOW_TRACKING_USERNAME",
             "MLFLOW_TRACKING_PASSWORD",
         }
-        for where, ep in (
-            ("generation.endpoint", self.generation.endpoint),
-            ("creator.evolve.evolver.endpoint", self.creator.evolve.evolver.endpoint),
-            ("rewardModel.judgeEndpoint", self.reward_model.judge_endpoint),
-        ):
-            if ep is None or ep.api_key_secret is None or ep.api_key_env is None:
+        for where, ep in self.endpoints():
+            if ep.api_key_secret is None or ep.api_key_env is None:
                 continue
             if ep.api_key_env in reserved or ep.api_key_env.startswith("EVA_"):
                 raise ValueError(
@@ -733,11 +768,16 @@ def sharded(step: str) -> bool:
     return step in GENERATION_STEPS
 
 
-def steps_for(creator_enabled: bool) -> tuple[str, ...]:
-    """The steps of one iteration, in order; without the creator, the classic baseline."""
-    if creator_enabled:
-        return STEPS
-    return ("generate", "train", "evaluate")
+def steps_for(creator_enabled: bool, benchmarks: bool = False) -> tuple[str, ...]:
+    """The steps of one iteration, in order; without the creator, the classic baseline;
+    with ``benchmarks`` (``evaluation.benchmarks`` is not empty), the benchmark step last."""
+    steps = STEPS if creator_enabled else ("generate", "train", "evaluate")
+    return (*steps, BENCHMARK) if benchmarks else steps
+
+
+def iteration_steps(spec: EvaRunSpec) -> tuple[str, ...]:
+    """The steps of one iteration of ``spec``, in order."""
+    return steps_for(spec.creator.enabled, bool(spec.evaluation.benchmarks))
 
 
 # --------------------------------------------------------------------------- loading

@@ -9,7 +9,7 @@ a test failure here, not a field the API server silently prunes. The planner
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -55,6 +55,36 @@ class StepRecord(_Status):
     seconds: float | None = Field(default=None, description="From its first Job to its end.")
 
 
+class BenchScore(_Status):
+    """One benchmark's result for one policy (``bench/<name>/...`` in the step's counts)."""
+
+    score: float | None = Field(default=None, description="The suite's score.")
+    ci_low: float | None = Field(default=None, description="Lower end of the 95% interval.")
+    ci_high: float | None = Field(default=None, description="Upper end of the 95% interval.")
+    base_score: float | None = Field(
+        default=None, description="The base policy's score (iteration 0 only)."
+    )
+    judged: int | None = Field(default=None, description="Judgments the score used.")
+    excluded: int | None = Field(default=None, description="Unparseable after retries.")
+    errors: int | None = Field(default=None, description="Judge requests that failed.")
+
+
+def bench_key(name: str, field: str, base: bool = False) -> str:
+    """The count (and MLflow metric) name of one benchmark result: ``bench/<name>/<field>``,
+    ``base_<field>`` for the base policy."""
+    return f"bench/{name}/{'base_' if base else ''}{field}"
+
+
+def bench_results(counts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A benchmark step's counts by benchmark: ``{name: {score, ci_low, base_score, ...}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in counts.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "bench":
+            out.setdefault(parts[1], {})[parts[2]] = value
+    return out
+
+
 class HistoryEntry(_Status):
     """One iteration: its steps and the counts and metrics their summaries reported."""
 
@@ -91,6 +121,10 @@ class HistoryEntry(_Status):
     held_out_before: float | None = Field(default=None, description="Previous policy's reward.")
     held_out_reward: float | None = Field(default=None, description="New policy's reward.")
     win_rate: float | None = Field(default=None, description="New over previous policy.")
+    # benchmark
+    benchmarks: dict[str, BenchScore] | None = Field(
+        default=None, description="Independent judged benchmarks of the new policy, by name."
+    )
 
 
 class RunStatus(_Status):

@@ -8,6 +8,7 @@ from typing import Any
 
 from eva_runtime.artifacts import RunDir
 from eva_runtime.progress import console
+from eva_runtime.status import bench_results
 
 # (key of a summary row, column title): the runner's table and the HTML report share them.
 SUMMARY_COLUMNS = [
@@ -50,6 +51,7 @@ def summary_rows(rd: RunDir, iterations: int) -> list[dict[str, Any]]:
                 "heldout_before": ev.get("reward_previous"),
                 "heldout_after": ev.get("reward_new"),
                 "win_rate": ev.get("win_rate"),
+                "benchmarks": bench_results(counts(t, "benchmark")),
             }
         )
     return rows
@@ -74,6 +76,7 @@ SPEND_FIELDS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     ("train_tokens", "training tokens", (("train", "train_tokens"),)),
     ("train_steps", "optimizer steps", (("train", "steps"),)),
     ("eval_tokens", "evaluation tokens", (("evaluate", "tokens"),)),
+    ("bench_tokens", "benchmark answer tokens", (("benchmark", "tokens"),)),
 )
 
 
@@ -132,4 +135,29 @@ def print_summary(rows: list[dict[str, Any]], path: Path) -> None:
             "held-out reward: "
             + "  ".join(f"{lab} {_fmt(v)}" for lab, v in zip(labels, curve, strict=True))
         )
+    names = sorted({n for r in rows for n in (r.get("benchmarks") or {})})
+    for name in names:
+        points = []
+        first = (rows[0].get("benchmarks") or {}).get(name, {})
+        if first.get("base_score") is not None:
+            points.append(
+                ("base", first["base_score"], first.get("base_ci_low"), first.get("base_ci_high"))
+            )
+        for r in rows:
+            b = (r.get("benchmarks") or {}).get(name)
+            if b:
+                points.append(
+                    (f"iter {r['iteration']}", b.get("score"), b.get("ci_low"), b.get("ci_high"))
+                )
+        console.print(
+            f"bench {name}: " + "  ".join(f"{lab} {_score(v, lo, hi)}" for lab, v, lo, hi in points)
+        )
     console.print(f"artifacts: {path}")
+
+
+def _score(value: Any, low: Any, high: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    if isinstance(low, int | float) and isinstance(high, int | float):
+        return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+    return f"{value:.2f}"

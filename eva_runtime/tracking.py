@@ -79,9 +79,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
-from eva_runtime.artifacts import STEPS, SUCCESS, RunDir, StepDir, atomic_write_json
+from eva_runtime.artifacts import SUCCESS, RunDir, StepDir, atomic_write_json
 from eva_runtime.errors import EvaError
-from eva_runtime.spec import EvaRun
+from eva_runtime.spec import ITERATION_STEPS, EvaRun
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -287,7 +287,7 @@ class Tracker:
         out.append(_Step("prepare", None, "prepare", prep))
         t = 0
         while (self.run_dir / f"iter-{t}").is_dir():
-            for name in STEPS:
+            for name in ITERATION_STEPS:
                 sd = self.rd.step(t, name)
                 if sd.complete():
                     out.append(_Step(f"iter-{t}/{name}", t, name, sd))
@@ -463,6 +463,13 @@ class Tracker:
             for k, v in counts.items()
             if (step.name, k) in _PARENT_METRICS and _is_number(v)
         ]
+        if step.name == "benchmark":
+            # bench/<name>/score (ci_low, ci_high, base_score...) by iteration on the run.
+            parent_metrics += [
+                _metric(k, v, ts, t)
+                for k, v in sorted(counts.items())
+                if k.startswith("bench/") and _is_number(v)
+            ]
         model = None
         if step.name == "generate":
             path, name = self._prompts_of(t)

@@ -291,6 +291,9 @@ def judge_all(
                 if state(key).status in ("ok", "unparsed"):
                     advance(1)
 
+            from eva_runtime.metrics import current
+
+            current().judge_requests(len(todo))
             temperature = 0.0 if attempt == 0 else RETRY_TEMPERATURE
             judge.ask(
                 [prompts[i] for i in todo],

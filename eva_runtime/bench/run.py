@@ -93,16 +93,16 @@ def model_answers(
     cfg: BenchConfig,
     store: JsonlStore,
     label: str,
-) -> tuple[dict[str, tuple[str, ...]], int]:
+) -> tuple[dict[str, tuple[str, ...]], int, int]:
     """Each question's answers (one per turn; MT-Bench's turn 2 sees turn 1), generated only
-    where the store has none; also the tokens generated."""
+    where the store has none; also how many were generated now, and their tokens."""
     from eva_runtime.backends import SamplingParams
 
     have = {r["key"]: r for r in store.records}
     turns = max(len(q.turns) for q in questions) if cfg.suite == "mt-bench" else 1
     out: dict[str, list[str]] = {q.id: [] for q in questions}
     generator = None
-    tokens = 0
+    tokens = generated = 0
     try:
         for turn in range(turns):
             todo = [q for q in questions if len(q.turns) > turn]
@@ -135,6 +135,7 @@ def model_answers(
                     for q, res in zip(group, results, strict=True):
                         c = res[0]
                         tokens += c.num_tokens
+                        generated += 1
                         record = {
                             "key": answer_key(model_id, q, turn, cfg),
                             "model": model_id,
@@ -151,7 +152,7 @@ def model_answers(
     finally:
         if generator is not None:
             generator.close()
-    return {k: tuple(v) for k, v in out.items()}, tokens
+    return {k: tuple(v) for k, v in out.items()}, generated, tokens
 
 
 def _cut(text: str | None) -> str:
@@ -304,7 +305,7 @@ def run_bench(
     questions, refs = load_inputs(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    answers, tokens = model_answers(
+    answers, answered, tokens = model_answers(
         make_generator, model_id, questions, cfg, JsonlStore(out / "answers.jsonl"), label
     )
     store = JsonlStore(out / "judgments.jsonl")
@@ -332,6 +333,7 @@ def run_bench(
         "judged": judged,
         "excluded": sum(1 for o in outcomes if o.status == "unparsed"),
         "errors": sum(1 for o in outcomes if o.status in ("error", "missing")),
+        "answered": answered,
         "answer_tokens": tokens,
         "config": asdict(cfg),
         "details": details,

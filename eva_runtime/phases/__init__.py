@@ -70,6 +70,10 @@ def _dispatch(ctx: Context, phase: str, iteration: int, shard: int, num_shards: 
         from eva_runtime.phases.evaluate import run_evaluate
 
         return run_evaluate(ctx, iteration)
+    if phase == "benchmark":
+        from eva_runtime.phases.benchmark import run_benchmark
+
+        return run_benchmark(ctx, iteration)
     raise ValueError(f"unknown phase {phase!r}; one of {', '.join(PHASES)}")
 
 

@@ -34,6 +34,7 @@ RESOURCES_OF = {
     "create": "create",
     "train": "train",
     "evaluate": "evaluate",
+    "benchmark": "benchmark",
 }
 UID = 1000
 
@@ -160,12 +161,8 @@ def step_env(run: EvaRun, defaults: StepDefaults) -> list[dict[str, Any]]:
         if ref is not None:
             env.append(_secret_env(var, ref))
     seen: set[str] = set()
-    for ep in (
-        s.generation.endpoint,
-        s.creator.evolve.evolver.endpoint,
-        s.reward_model.judge_endpoint,
-    ):
-        if ep is None or ep.api_key_secret is None or ep.api_key_env in seen:
+    for _, ep in s.endpoints():
+        if ep.api_key_secret is None or ep.api_key_env in seen:
             continue
         seen.add(ep.api_key_env)  # type: ignore[arg-type]
         env.append(_secret_env(ep.api_key_env, ep.api_key_secret))  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from eva_operator.conditions import PHASES
 from eva_runtime.api import LABEL_SWEEP, LABEL_SWEEP_CELL
-from eva_runtime.spec import STEPS
+from eva_runtime.spec import ITERATION_STEPS
 
 STEP_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
 RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -95,7 +95,7 @@ class OperatorMetrics:
             self.runs.labels(phase).set(0)
         # Every step's series exist from the start, so rate() and increase() see the first
         # observation of each step.
-        for step in ("prepare", *STEPS):
+        for step in ("prepare", *ITERATION_STEPS):
             self.step_duration.labels(step)
             self.jobs_created.labels(step)
 

@@ -28,8 +28,8 @@ from eva_operator.jobs import (
     run_dir,
 )
 from eva_runtime.api import LABEL_ATTEMPT, LABEL_ITERATION, LABEL_STEP
-from eva_runtime.spec import EvaRun, RunPolicy, SpecError, parse_run, steps_for
-from eva_runtime.status import HISTORY_FIELDS, HistoryEntry
+from eva_runtime.spec import EvaRun, RunPolicy, SpecError, iteration_steps, parse_run
+from eva_runtime.status import HISTORY_FIELDS, BenchScore, HistoryEntry, bench_results
 
 # Waiting reasons of a pod that will not start by itself.
 STUCK_REASONS = frozenset(
@@ -148,7 +148,7 @@ def parse_time(s: str | None) -> datetime | None:
 
 def sequence(run: EvaRun) -> list[tuple[int, str]]:
     """Every step of the run in order: prepare once, then each iteration's steps."""
-    steps = steps_for(run.spec.creator.enabled)
+    steps = iteration_steps(run.spec)
     return [(0, "prepare")] + [(t, s) for t in range(run.spec.iterations) for s in steps]
 
 
@@ -405,7 +405,7 @@ def plan(
             counts = summary.get("counts") or {}
             msg = f"iteration {t} step {step} complete" + _brief(step, counts)
             acts.events.append(Event("Normal", c.STEP_SUCCEEDED, msg))
-            if step == "evaluate":
+            if step == iteration_steps(er.spec)[-1]:
                 acts.events.append(
                     Event(
                         "Normal",
@@ -689,6 +689,23 @@ def _where(status: dict[str, Any]) -> str:
     return "the start"
 
 
+_BENCH_FIELDS = {f: (info.alias or f) for f, info in BenchScore.model_fields.items()}
+
+
+def _bench_entry(counts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``bench/<name>/<field>`` counts as the history's ``benchmarks`` map (known fields,
+    JSON-safe numbers only)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in bench_results(counts).items():
+        entry: dict[str, Any] = {}
+        for name, alias in _BENCH_FIELDS.items():
+            v = value.get(name)
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                entry[alias] = round(v) if name in ("judged", "excluded", "errors") else float(v)
+        out[key] = entry
+    return out
+
+
 def _seconds_since(start: str | None, now: datetime) -> float:
     t = parse_time(start)
     return max(0.0, (now - t).total_seconds()) if t else 0.0
@@ -702,6 +719,13 @@ def _brief(step: str, counts: dict[str, Any]) -> str:
         )
     if step == "train" and counts.get("pairs") is not None:
         return f": {counts['pairs']} pairs"
+    if step == "benchmark":
+        scores = [
+            f"{name} {v['score']:.2f}"
+            for name, v in sorted(bench_results(counts).items())
+            if isinstance(v.get("score"), int | float) and math.isfinite(v["score"])
+        ]
+        return (": " + ", ".join(scores)) if scores else ""
     if step == "create" and counts.get("evolved") is not None:
         return f": {counts['evolved']} evolved prompts"
     if step == "prepare" and counts.get("prompts") is not None:
@@ -762,6 +786,8 @@ def _record(
             entry["promptSetDigest"] = f"sha256:{digest}"
     if step == "train":
         entry["model"] = f"{run_dir(run)}/iter-{t}/train/model"
+    if step == "benchmark":
+        entry["benchmarks"] = _bench_entry(counts)
     if summary.get("mlflowRunId"):
         status["mlflowRunId"] = summary["mlflowRunId"]
     if step == "evaluate":

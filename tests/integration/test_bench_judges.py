@@ -264,7 +264,7 @@ def test_a_killed_benchmark_resumes_asking_only_what_is_missing(
                 "m",
             ],
             "must start with http",
-        ),  # fmt: skip
+        ),
         (
             [
                 "mt-bench",
@@ -278,7 +278,7 @@ def test_a_killed_benchmark_resumes_asking_only_what_is_missing(
                 "EVA_TEST_UNSET_KEY",
             ],
             "EVA_TEST_UNSET_KEY is not set",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_user_errors_are_one_clear_line(tiny_model: Path, args: list[str], message: str) -> None:
