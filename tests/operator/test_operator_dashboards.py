@@ -1,7 +1,8 @@
 """The chart's Grafana dashboards and alerts against a real Prometheus, fed by a real run.
 
 KMock's API, the harness's Job controller and the `eva-operator` process run one EvaRun (the
-creator on, one simulated train failure) to Succeeded; every step pushes its metrics to a real
+creator on, one simulated train failure, an arena-hard benchmark judged by a local stub
+server) to Succeeded; every step pushes its metrics to a real
 Pushgateway (`EVA_PUSHGATEWAY_URL`, a step default of the operator), and a real Prometheus
 scrapes the operator's /metrics and the gateway every second. Then every query of every panel
 of both dashboards must be valid PromQL that returns data, and the alert expressions must be
@@ -29,12 +30,14 @@ import pytest
 import yaml
 
 from eva_runtime.api import LABEL_SWEEP, LABEL_SWEEP_CELL
+from judge_stub import always, judge_stub
 from operator_harness import Outcome, wait_for
 from prom_tools import Server, free_port, launch_prometheus, launch_pushgateway, wait_scraping
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(240)]
 
 ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "manifests" / "examples" / "data" / "bench"
 FILES = ROOT / "charts" / "eva-operator" / "files"
 RUN = "dash"
 SWEEP = "dash-sweep"  # the run carries eva sweep's labels: the sweep variable offers it
@@ -126,7 +129,7 @@ async def test_every_dashboard_query_and_alert_works_on_a_real_run(env, rules) -
     exe = shutil.which("eva-operator") or str(Path(sys.executable).with_name("eva-operator"))
     metrics_port, health_port = free_port(), free_port()
 
-    with launch_pushgateway(env.tmp) as gateway:
+    with launch_pushgateway(env.tmp) as gateway, judge_stub(always("[[B>A]]")) as judge:
         targets = {
             # The ServiceMonitor's job is named after the operator's Service; honorLabels keeps
             # the runs' own `namespace` label.
@@ -156,7 +159,15 @@ async def test_every_dashboard_query_and_alert_works_on_a_real_run(env, rules) -
                 env.controller.decide = rules(
                     {("train", 0): Outcome("fail", "CUDA error: out of memory")}
                 )
-                manifest = env.manifest(RUN)
+                benchmark = {
+                    "suite": "arena-hard",
+                    "questions": str(BENCH / "arena-hard-questions.jsonl"),
+                    "answers": str(BENCH / "arena-hard-baseline.jsonl"),
+                    "judge": {"endpoint": {"baseUrl": judge.url, "model": "stub"}},
+                    "limit": 2,
+                    "maxNewTokens": 8,
+                }
+                manifest = env.manifest(RUN, evaluation={"benchmarks": [benchmark]})
                 manifest["metadata"]["labels"] = {LABEL_SWEEP: SWEEP, LABEL_SWEEP_CELL: "c0ffee00"}
                 await env.api.apply_run(manifest)
                 status = await env.wait_phase(RUN, ("Succeeded", "Failed"), 150)
@@ -168,7 +179,7 @@ async def test_every_dashboard_query_and_alert_works_on_a_real_run(env, rules) -
                         prometheus,
                         f'eva_operator_run_phase{{run="{RUN}",phase="Succeeded"}} == 1',
                     )
-                    pushed = instant(prometheus, f'eva_step_status{{run="{RUN}",step="evaluate"}}')
+                    pushed = instant(prometheus, f'eva_step_status{{run="{RUN}",step="benchmark"}}')
                     return bool(done["data"]["result"] and pushed["data"]["result"])
 
                 for _ in range(100):
@@ -176,7 +187,7 @@ async def test_every_dashboard_query_and_alert_works_on_a_real_run(env, rules) -
                         break
                     await asyncio.sleep(0.2)
                 else:
-                    raise AssertionError("Prometheus never saw the run succeed and evaluate push")
+                    raise AssertionError("Prometheus never saw the run succeed and benchmark push")
 
                 problems = []
                 for dashboard, title, expr in queries:

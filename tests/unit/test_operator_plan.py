@@ -36,6 +36,17 @@ def counts_for(step: str, t: int) -> dict[str, Any]:
         "generate-evolved": {"responses": 18, "reward_mean": 0.3},
         "train": {"pairs": 10 + t, "train_loss": 0.69},
         "evaluate": {"reward_previous": 0.4, "reward_new": 0.5 + t / 10, "win_rate": 0.6 + t / 10},
+        "benchmark": {
+            "benchmarks": 1,
+            "bench/arena-hard/score": 40.0 + t,
+            "bench/arena-hard/ci_low": 30.0,
+            "bench/arena-hard/ci_high": 50.5,
+            "bench/arena-hard/judged": 12,
+            "bench/arena-hard/excluded": 1,
+            "bench/arena-hard/errors": 0,
+            "bench/arena-hard/win_rate": float("nan"),  # not JSON: never reaches the status
+            **({"bench/arena-hard/base_score": 35.0} if t == 0 else {}),
+        },
     }[step]
 
 
@@ -209,6 +220,51 @@ def test_creator_disabled_runs_generate_train_evaluate() -> None:
     assert s["reward"] == 0.6
     assert ("Normal", "RunSucceeded") in reasons(acts[-1])
     assert ("Normal", "IterationSucceeded") in reasons(acts[-1])
+
+
+BENCHMARKS = {
+    "evaluation": {
+        "benchmarks": [
+            {
+                "suite": "arena-hard",
+                "questions": "/data/q.jsonl",
+                "answers": "/data/a.jsonl",
+                "judge": {"endpoint": {"baseUrl": "http://judge:8000/v1", "model": "j"}},
+            }
+        ]
+    }
+}
+
+
+def test_benchmarks_add_a_benchmark_job_after_evaluate_and_fill_the_history() -> None:
+    sim = Sim(make_run({"creator": {"enabled": False}} | BENCHMARKS))
+    acts = sim.drive()
+    steps = (*BASELINE, "benchmark")
+    assert sim.created == ["demo-i0-prepare"] + [f"demo-i{t}-{s}" for t in (0, 1) for s in steps]
+    h0, h1 = sim.status["history"]
+    assert h0["benchmarks"] == {
+        "arena-hard": {
+            "score": 40.0,
+            "ciLow": 30.0,
+            "ciHigh": 50.5,
+            "baseScore": 35.0,
+            "judged": 12,
+            "excluded": 1,
+            "errors": 0,
+        }
+    }
+    assert h1["benchmarks"]["arena-hard"]["score"] == 41.0
+    assert "baseScore" not in h1["benchmarks"]["arena-hard"]
+    # The iteration is complete once its last step, the benchmark, is.
+    iteration_done = [e for a in acts for e in a.events if e.reason == "IterationSucceeded"]
+    assert [e.message for e in iteration_done] == [
+        "iteration 0 complete: arena-hard 40.00",
+        "iteration 1 complete: arena-hard 41.00",
+    ]
+    job = next(j for j in sim.jobs if j["metadata"]["name"] == "demo-i1-benchmark")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert "benchmark" in container["args"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
 def test_planning_twice_creates_nothing_the_second_time() -> None:
@@ -594,7 +650,7 @@ def test_every_status_the_planner_writes_validates_against_the_generated_schema(
         RunStatus.model_validate(status)
         seen.append(status)
 
-    for spec in ({}, {"creator": {"enabled": False}}):
+    for spec in ({}, {"creator": {"enabled": False}}, BENCHMARKS):
         sim = Sim(make_run(spec))
         for _ in range(40):
             for j in sim.jobs:
@@ -626,6 +682,7 @@ def test_every_status_the_planner_writes_validates_against_the_generated_schema(
     assert sim.status["phase"] == "Failed"
     keys = {k for s in seen for k in s} | {k for s in seen for h in s["history"] for k in h}
     assert {"history", "conditions", "retries", "heldOutReward", "promptSetDigest"} <= keys
+    assert "benchmarks" in keys
 
 
 def test_the_next_wake_is_the_nearest_deadline_or_a_recheck_of_a_podless_job() -> None:
