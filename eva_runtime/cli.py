@@ -564,6 +564,13 @@ def sweep_report(sweep_dir: str, output: str | None, reference: str | None) -> N
     show_default=True,
     help="Extra asks for a reply without a verdict.",
 )
+@click.option(
+    "--judge-max-new-tokens",
+    type=click.IntRange(1, 1_048_576),
+    default=1024,
+    show_default=True,
+    help="Tokens per judge reply.",
+)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 def bench(
     suite: str,
@@ -584,6 +591,7 @@ def bench(
     timeout: float,
     max_retries: int,
     parse_retries: int,
+    judge_max_new_tokens: int,
     seed: int,
 ) -> None:
     """Score a model on one judged benchmark: arena-hard, mt-bench or alpaca-eval.
@@ -614,6 +622,7 @@ def bench(
             timeout=timeout,
             max_retries=max_retries,
             parse_retries=parse_retries,
+            judge_max_new_tokens=judge_max_new_tokens,
             seed=seed,
         )
     except (EvaError, ValueError) as exc:

@@ -120,6 +120,7 @@ def run_bench_command(
     max_retries: int,
     parse_retries: int,
     seed: int,
+    judge_max_new_tokens: int = 1024,
 ) -> dict[str, Any]:
     from eva_runtime.bench.run import load_inputs
 
@@ -145,6 +146,7 @@ def run_bench_command(
         concurrency=concurrency,
         timeout=timeout,
         max_retries=max_retries,
+        max_tokens=judge_max_new_tokens,
     )
     folder = Path(out) if out else Path("eva-bench") / f"{suite}-{_slug(model_id)}"
     if folder.exists() and not folder.is_dir():

@@ -155,7 +155,8 @@ def test_a_benchmark_spec_the_user_gets_wrong(tmp_path: Path, tiny_model: Path) 
     bad = _benchmarks("http://127.0.0.1:9/v1")
     del bad[0]["answers"]
     manifest = tiny_manifest(tmp_path, tiny_model, spec={"evaluation": {"benchmarks": bad}})
-    with pytest.raises(SpecError, match=r"spec\.evaluation\.benchmarks\[0\]\.answers: required for arena-hard"):
+    needs = r"spec\.evaluation\.benchmarks\[0\]\.answers: required for arena-hard"
+    with pytest.raises(SpecError, match=needs):
         load_run(manifest)
     bad = _benchmarks("http://127.0.0.1:9/v1")
     bad[1]["name"] = "arena-hard"

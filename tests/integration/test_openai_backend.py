@@ -165,3 +165,37 @@ def test_unreachable_server_is_a_clear_error():
         gen.generate(["hi", "there"], SamplingParams(n=2, max_new_tokens=2))
     assert base_url in str(err.value)
     assert time.monotonic() - started < 30
+
+
+def test_eva_bench_with_transformers_serve_as_the_judge(served_model, tmp_path):
+    """The endpoint judge end to end against a real server: the tiny model answers and a
+    served tiny model judges. Its replies hold no ``[[rating]]``: every one is asked again
+    (parse retries), then excluded and counted; nothing is guessed and nothing crashes."""
+    from click.testing import CliRunner
+
+    from eva_runtime.cli import main
+
+    base_url, model = served_model
+    data = Path(__file__).parents[2] / "manifests" / "examples" / "data" / "bench"
+    args = [
+        "bench", "mt-bench", "--model", model,
+        "--questions", str(data / "mt-bench-questions.jsonl"),
+        "--limit", "2", "--judge-base-url", base_url, "--judge-model", model,
+        "--judge-max-new-tokens", "12", "--max-new-tokens", "8", "--parse-retries", "1",
+        "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["suite"] == "mt-bench" and last["questions"] == 2
+    assert last["judged"] + last["excluded"] == 4 and last["errors"] == 0
+    records = [
+        json.loads(x) for x in (tmp_path / "out" / "judgments.jsonl").read_text().splitlines()
+    ]
+    # One ask per grading, a second only for the unparseable ones; every reply kept.
+    assert len(records) == 4 + last["excluded"]
+    assert all(
+        isinstance(r["reply"], str) and r["judge"] == f"{model} at {base_url}" for r in records
+    )
+    if last["judged"] == 0:
+        assert last["score"] is None
