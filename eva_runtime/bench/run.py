@@ -341,10 +341,17 @@ def run_bench(
     from eva_runtime.artifacts import atomic_write_json
 
     atomic_write_json(out / RESULT, _finite(result))
-    ci = f"[{result['ci_low']:.2f}, {result['ci_high']:.2f}]"
+    from rich.markup import escape
+
+    if judged:
+        score = f"score {result['score']:.2f} [{result['ci_low']:.2f}, {result['ci_high']:.2f}]"
+    else:
+        score = "no score (nothing could be judged)"
     note(
-        f"{label}: score {result['score']:.2f} {ci}, {judged} judgments used, "
-        f"{result['excluded']} unparseable, {result['errors']} failed requests"
+        escape(
+            f"{label}: {score}, {judged} judgments used, {result['excluded']} unparseable, "
+            f"{result['errors']} failed requests"
+        )
     )
     return result
 
