@@ -628,6 +628,8 @@ def bench(
     except (EvaError, ValueError) as exc:
         _fail(str(exc))
     click.echo(json.dumps(result, sort_keys=True))
+    if not result.get("judged"):
+        sys.exit(1)  # no score: nothing could be judged (the counts above say why)
 
 
 def _with_iterations(run: EvaRun, iterations: int) -> EvaRun:

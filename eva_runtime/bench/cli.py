@@ -155,7 +155,11 @@ def run_bench_command(
     def generator() -> Any:
         from eva_runtime.backends import make_generator
 
-        return make_generator(backend, model_path)
+        try:
+            return make_generator(backend, model_path)
+        except OSError as exc:  # transformers' "not found / cannot download" errors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"--model {model_ref}: cannot be loaded ({first})") from None
 
     try:
         result = run_bench(

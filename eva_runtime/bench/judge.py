@@ -131,11 +131,23 @@ class LocalJudge:
     """A judge model run in this process by a generation backend (greedy by default)."""
 
     def __init__(self, model: str, *, backend: str = "auto", max_tokens: int = 1024) -> None:
-        from eva_runtime.backends import make_generator
-
         self.id = f"local:{model}"
+        self.model = model
+        self.backend = backend
         self.max_tokens = max_tokens
-        self._gen = make_generator(backend, model)
+        self._gen: Any = None  # loaded at the first ask: after the answering model is gone
+
+    def _generator(self) -> Any:
+        if self._gen is None:
+            from eva_runtime.backends import make_generator
+            from eva_runtime.errors import InputError
+
+            try:
+                self._gen = make_generator(self.backend, self.model)
+            except OSError as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise InputError(f"judge model {self.model}: cannot be loaded ({first})") from None
+        return self._gen
 
     def ask(
         self,
@@ -153,12 +165,14 @@ class LocalJudge:
         step = 8
         for start in range(0, len(prompts), step):
             chunk = list(prompts[start : start + step])
-            outs = self._gen.generate(chunk, params)
+            outs = self._generator().generate(chunk, params)
             for k, out in enumerate(outs):
                 on_done(start + k, out[0].text, None)
 
     def close(self) -> None:
-        self._gen.close()
+        if self._gen is not None:
+            self._gen.close()
+            self._gen = None
 
 
 # --------------------------------------------------------------------------- the store
@@ -180,7 +194,12 @@ class JsonlStore:
             self._load()
 
     def _load(self) -> None:
-        data = self.path.read_bytes()
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise InputError(
+                f"{self.path}: cannot be read ({exc.strerror or exc}); move it away to start over"
+            ) from None
         lines = data.split(b"\n")
         cut = not data.endswith(b"\n") and lines and lines[-1]
         good = bytearray()

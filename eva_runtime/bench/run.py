@@ -19,7 +19,7 @@ from eva_runtime.bench import formats, prompts, scoring
 from eva_runtime.bench.formats import Question
 from eva_runtime.bench.judge import JsonlStore, Judge, Messages, Outcome, judge_all
 from eva_runtime.errors import InputError
-from eva_runtime.progress import note, task
+from eva_runtime.progress import note, task, warn
 
 RESULT = "result.json"
 Ask = Callable[[list[Messages], Callable[[str], Any]], list[Outcome]]
@@ -305,10 +305,12 @@ def run_bench(
     questions, refs = load_inputs(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    answers, answered, tokens = model_answers(
-        make_generator, model_id, questions, cfg, JsonlStore(out / "answers.jsonl"), label
-    )
+    # Both stores are read first: a damaged one fails before any model is loaded.
+    answer_store = JsonlStore(out / "answers.jsonl")
     store = JsonlStore(out / "judgments.jsonl")
+    answers, answered, tokens = model_answers(
+        make_generator, model_id, questions, cfg, answer_store, label
+    )
 
     def ask(asks: list[Messages], parse: Callable[[str], Any]) -> list[Outcome]:
         return judge_all(
@@ -353,6 +355,14 @@ def run_bench(
             f"{result['errors']} failed requests"
         )
     )
+    failed = [o.error for o in outcomes if o.status == "error" and o.error]
+    if failed:
+        warn(
+            escape(
+                f"{label}: {len(failed)} judge requests failed after retries (first: "
+                f"{failed[0]}); they are excluded here and asked again by the next run"
+            )
+        )
     return result
 
 

@@ -289,6 +289,33 @@ def test_user_errors_are_one_clear_line(tiny_model: Path, args: list[str], messa
     assert message in out and "Traceback" not in out
 
 
+def test_nothing_judged_exits_1_with_the_json_line(tiny_model: Path, tmp_path: Path) -> None:
+    with judge_stub(lambda body, n: (503, None, 0.0)) as stub:
+        args = ["mt-bench", "--questions", str(DATA / "mt-bench-questions.jsonl"), "--limit", "2",
+                *_common(tiny_model, stub.url, tmp_path / "n"), "--max-retries", "0"]  # fmt: skip
+        result = CliRunner().invoke(main, ["bench", *args])
+    assert result.exit_code == 1, result.output
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (last["judged"], last["errors"], last["score"]) == (0, 4, None)
+    assert "4 judge requests failed after retries (first: HTTP 503" in result.output
+
+
+def test_damaged_stores_and_unloadable_models_are_named(tiny_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "d" / "judgments.jsonl").mkdir(parents=True)
+    args = ["mt-bench", "--questions", str(DATA / "mt-bench-questions.jsonl"),
+            *_common(tiny_model, "http://127.0.0.1:9/v1", tmp_path / "d")]  # fmt: skip
+    code, _, out = _bench(args)
+    assert code == 2 and "judgments.jsonl: cannot be read (Is a directory)" in out
+    assert "answering" not in out  # refused before any model was loaded
+    missing = tmp_path / "no-such-model"
+    missing.mkdir()
+    args = ["mt-bench", "--questions", str(DATA / "mt-bench-questions.jsonl"), "--model",
+            str(missing), "--judge-base-url", "http://127.0.0.1:9/v1", "--judge-model", "m",
+            "--out", str(tmp_path / "e")]  # fmt: skip
+    code, _, out = _bench(args)
+    assert code == 2 and f"--model {missing}" in out and "Traceback" not in out
+
+
 def test_model_from_a_run_directory(tmp_path: Path) -> None:
     from eva_runtime.bench.cli import resolve_policy
     from eva_runtime.errors import InputError
@@ -297,3 +324,21 @@ def test_model_from_a_run_directory(tmp_path: Path) -> None:
         resolve_policy(f"{tmp_path}:2")
     with pytest.raises(InputError, match="--model"):
         resolve_policy(str(tmp_path / "missing-folder"))
+
+
+def test_a_local_judge_model(tiny_model: Path, tmp_path: Path) -> None:
+    """--judge-model-path: the judge runs in this process through the transformers backend.
+    The random tiny model writes no verdict: each reply is kept and counted as unparseable."""
+    args = ["alpaca-eval", "--questions", str(DATA / "alpaca-eval.json"), "--limit", "2",
+            "--model", str(tiny_model), "--judge-model-path", str(tiny_model),
+            "--judge-max-new-tokens", "6", "--max-new-tokens", "6", "--parse-retries", "1",
+            "--backend", "transformers", "--out", str(tmp_path / "l")]  # fmt: skip
+    result = CliRunner().invoke(main, ["bench", *args])
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.exit_code == (0 if last["judged"] else 1), result.output
+    assert last["judge"] == f"local:{tiny_model}"
+    assert last["judged"] + last["excluded"] == 2 and last["errors"] == 0
+    lines = (tmp_path / "l" / "judgments.jsonl").read_text().splitlines()
+    assert len(lines) == 2 + last["excluded"]  # one retry for each unparseable reply
+    code, _, out = _bench([*args, "--judge-base-url", "http://127.0.0.1:9/v1"])
+    assert code == 2 and "not both" in out
