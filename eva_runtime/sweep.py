@@ -483,15 +483,34 @@ def _read_run(path: Path) -> dict[str, Any]:
             curve.append(float(counts["reward_previous"]))
         curve.append(float(counts["reward_new"]))
         win_rates.append(counts.get("win_rate"))
+    # Independent benchmarks: per name, the score of the base policy, then of each iteration's.
+    from eva_runtime.status import bench_results
+
+    bench: dict[str, list[float | None]] = {}
+    for t in range(iterations):
+        sd = rd.step(t, "benchmark")
+        if not sd.complete():
+            break
+        counts = sd.summary().get("counts")
+        for name, r in bench_results(counts if isinstance(counts, dict) else {}).items():
+            series = bench.setdefault(name, [None] * (t + 1 if t else 0))
+            if t == 0:
+                series.append(_number(r.get("base_score")))
+            series.append(_number(r.get("score")))
     return {
         "path": str(path),
         "heldout": curve,
         "win_rates": win_rates,
+        "benchmarks": bench,
         "spend": spend(rd, iterations),
         "final_responses": rd.step(len(curve) - 2, "evaluate").path / "responses.parquet"
         if len(curve) >= 2
         else None,
     }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value == value else None
 
 
 def collect(root: Path) -> tuple[dict[str, Any], list[CellResult]]:
@@ -635,6 +654,7 @@ def summarise(
             "spend": {k: mean_sem([spent[s][k] for s in seeds])["mean"] for k in spend_keys},
             "reference": c is ref,
         }
+        entry["benchmarks"] = _bench_summary(c, ref, full)
         if c is not ref:
             entry["vs_reference"] = paired(finals, ref_final)
             entry["vs_reference"]["win_rate"] = {
@@ -658,6 +678,28 @@ def summarise(
         "reference": ref.cell.name,
         "cells": out_cells,
     }
+
+
+def _bench_summary(c: CellResult, ref: CellResult, depth: int) -> dict[str, Any]:
+    """Per benchmark: the newest policy's score over seeds (runs that benchmarked every
+    policy), and its paired difference with the reference cell's."""
+
+    def finals(cell: CellResult, name: str) -> dict[int, float | None]:
+        out: dict[int, float | None] = {}
+        for s, r in cell.runs.items():
+            series = (r.get("benchmarks") or {}).get(name) or []
+            out[s] = series[-1] if len(series) == depth and series else None
+        return out
+
+    names = sorted({n for r in c.runs.values() for n in (r.get("benchmarks") or {})})
+    out: dict[str, Any] = {}
+    for name in names:
+        mine = finals(c, name)
+        entry: dict[str, Any] = {"score": mean_sem([v for v in mine.values() if v is not None])}
+        if c is not ref:
+            entry["vs_reference"] = paired(mine, finals(ref, name))
+        out[name] = entry
+    return out
 
 
 def equal_compute(ratio: Mapping[str, float | None], tolerance: float = 0.1) -> list[str]:

@@ -51,6 +51,7 @@ def write_sweep_report(
                 _cells_section(summary),
                 _curves_section(summary),
                 _paired_section(summary),
+                _bench_section(summary),
                 _compute_section(summary),
                 _per_seed_section(summary),
             ]
@@ -194,6 +195,36 @@ def _header(summary: Mapping[str, Any], root: Path) -> str:
         f'<div class="sub">{_e(root.resolve())}</div>'
         f"<p>{len(cells)} cells × seeds {_e(', '.join(map(str, seeds)) or 'none yet')}; "
         f"reference cell <strong>{_e(summary['reference'])}</strong>.</p>{note}</header>"
+    )
+
+
+def _bench_section(summary: Mapping[str, Any]) -> str:
+    """Independent judged benchmarks of the newest policy, per cell, paired like the
+    held-out reward (empty when the runs have none)."""
+    rows = []
+    for c in summary["cells"]:
+        for name, b in sorted((c.get("benchmarks") or {}).items()):
+            diff, interval, verdict = _diff_text(b.get("vs_reference"), 2)
+            rows.append(
+                [
+                    _e(c["name"]),
+                    _e(name),
+                    _e(_pm(b["score"], 2)),
+                    _e(diff),
+                    _e(interval),
+                    _e(verdict),
+                ]
+            )
+    if not rows:
+        return ""
+    text = (
+        '<p class="note">Scores of <code>evaluation.benchmarks</code> for the newest policy '
+        "(judged by a model the policies were not trained against), mean ± standard error over "
+        "seeds, and the difference with the reference cell paired by seed.</p>"
+    )
+    headers = ("cell", "benchmark", "score", "vs reference", "95% interval", "verdict")
+    return _section(
+        "benchmarks", "Independent benchmarks", text + _table(headers, rows, text={0, 1, 5})
     )
 
 

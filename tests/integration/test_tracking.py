@@ -19,9 +19,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from eva_runtime.artifacts import STEPS
 from eva_runtime.runner import run_all
-from eva_runtime.spec import EvaRun, load_run
+from eva_runtime.spec import STEPS, EvaRun, load_run
 from eva_runtime.tracking import Tracker, TrackingUnavailable, tracking_uri
 from mlflow_tools import Server, free_port, launch_mlflow
 from tiny_run import tiny_manifest

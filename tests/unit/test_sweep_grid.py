@@ -217,3 +217,57 @@ def test_a_folder_that_is_not_a_sweep_is_refused(tmp_path) -> None:
     (tmp_path / "sweep.json").write_text("[]")
     result = CliRunner().invoke(main, ["sweep", "report", str(tmp_path)])
     assert result.exit_code == 2 and "sweep.json: not a sweep definition" in result.output
+
+
+def _finished(path, counts) -> None:
+    from eva_runtime.artifacts import StepDir
+
+    sd = StepDir(path)
+    sd.begin()
+    sd.finish(counts)
+
+
+def test_the_sweep_report_pairs_benchmark_scores_by_seed(tmp_path) -> None:
+    """Two cells x three seeds of one iteration: the eva cell's arena-hard score is 4, 5 and 6
+    points above the baseline's on seeds 1, 2, 3, so the paired verdict is 'higher'; the HTML
+    has the benchmarks table."""
+    import json
+
+    from click.testing import CliRunner
+
+    from eva_runtime.cli import main
+
+    cells = {"base": {"creator.enabled": False}, "eva": {}}
+    invocations = [{"cells": [cells["base"], cells["eva"]], "seeds": [1, 2, 3]}]
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "s", "invocations": invocations}))
+    for cell, overrides in cells.items():
+        folder = tmp_path / "cells" / cell
+        folder.mkdir(parents=True)
+        (folder / "cell.json").write_text(json.dumps({"overrides": overrides}))
+        for seed in (1, 2, 3):
+            run = folder / f"seed-{seed}"
+            lift = (3 + seed) if cell == "eva" else 0.0
+            _finished(run / "iter-0" / "train", {"pairs": 4})
+            _finished(run / "iter-0" / "evaluate", {"reward_previous": 0.1, "reward_new": 0.2})
+            _finished(
+                run / "iter-0" / "benchmark",
+                {
+                    "bench/arena-hard/base_score": 30.0,
+                    "bench/arena-hard/score": 40.0 + seed + lift,
+                    "bench/arena-hard/ci_low": 20.0,
+                    "bench/arena-hard/ci_high": 60.0,
+                },
+            )
+    result = CliRunner().invoke(main, ["sweep", "report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["reference"] == "creator.enabled=false"
+    eva = next(c for c in summary["cells"] if not c["reference"])
+    bench = eva["benchmarks"]["arena-hard"]
+    assert bench["score"]["mean"] == pytest.approx(47.0) and bench["score"]["n"] == 3
+    assert bench["vs_reference"]["diffs"] == [4.0, 5.0, 6.0]
+    assert bench["vs_reference"]["verdict"] == "higher"
+    ref = next(c for c in summary["cells"] if c["reference"])
+    assert ref["benchmarks"]["arena-hard"]["score"]["mean"] == pytest.approx(42.0)
+    page = (tmp_path / "sweep-report.html").read_text()
+    assert "Independent benchmarks" in page and "arena-hard" in page
