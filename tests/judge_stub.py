@@ -19,6 +19,7 @@ class JudgeStub:
     def __init__(self, behaviour: Behaviour) -> None:
         self.behaviour = behaviour
         self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str | None] = []  # each request's Authorization header
         self.lock = threading.Lock()
         stub = self
 
@@ -30,6 +31,7 @@ class JudgeStub:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with stub.lock:
                     stub.requests.append(body)
+                    stub.authorizations.append(self.headers.get("Authorization"))
                     n = len(stub.requests)
                 status, text, delay = stub.behaviour(body, n)
                 if delay:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +18,11 @@ import yaml
 
 from conftest import NAMESPACE, RELEASE
 from eva_runtime.spec import parse_run
+from judge_stub import always, judge_stub
 from operator_harness import Outcome, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(600)]
+BENCH = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "data" / "bench"
 
 
 def leaves(doc: Any, prefix: str = "") -> dict[str, Any]:
@@ -100,12 +103,48 @@ async def test_a_schema_violation_is_refused_with_422_naming_the_field(kenv) -> 
 async def test_an_evarun_succeeds_through_two_iterations_and_no_status_key_is_pruned(
     kenv,
 ) -> None:
-    op = await kenv.start_operator()
-    code, data = await kenv.create(kenv.manifest(iterations=2, creator=True))
+    # An arena-hard benchmark judged by a local server whose key comes from a Secret.
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "judge-key"},
+        "stringData": {"key": "sk-test-123"},
+    }
+    code, data = await kenv.api.call("POST", f"/api/v1/namespaces/{kenv.namespace}/secrets", secret)
     assert code == 201, data
-    status = await kenv.wait_phase("tiny", ("Succeeded", "Failed"), 400)
+    judge = judge_stub(always("[[B>A]]"))
+    stub = judge.__enter__()
+    benchmark = {
+        "suite": "arena-hard",
+        "questions": str(BENCH / "arena-hard-questions.jsonl"),
+        "answers": str(BENCH / "arena-hard-baseline.jsonl"),
+        "limit": 2,
+        "maxNewTokens": 6,
+        "judge": {
+            "endpoint": {
+                "baseUrl": stub.url,
+                "model": "stub",
+                "apiKeySecret": {"name": "judge-key", "key": "key"},
+            }
+        },
+    }
+    op = await kenv.start_operator()
+    try:
+        doc = kenv.manifest(iterations=2, creator=True, evaluation={"benchmarks": [benchmark]})
+        code, data = await kenv.create(doc)
+        assert code == 201, data
+        status = await kenv.wait_phase("tiny", ("Succeeded", "Failed"), 400)
+    finally:
+        judge.__exit__(None, None, None)
     assert status["phase"] == "Succeeded", status.get("message")
-    steps = ("generate", "create", "generate-evolved", "train", "evaluate")
+    # Base and new policy in iteration 0, the new one in iteration 1: 2 games per question.
+    assert len(stub.requests) == 3 * 2 * 2
+    assert set(stub.authorizations) == {"Bearer sk-test-123"}
+    bench = [h["benchmarks"]["arena-hard"] for h in status["history"]]
+    assert [b["score"] for b in bench] == [50.0, 50.0]  # always B: the two games cancel
+    assert bench[0]["baseScore"] == 50.0 and "baseScore" not in bench[1]
+    assert bench[0]["judged"] == 4 and bench[0]["ciLow"] <= bench[0]["ciHigh"]
+    steps = ("generate", "create", "generate-evolved", "train", "evaluate", "benchmark")
     assert status["completed"] == ["prepare"] + [f"{t}/{s}" for t in range(2) for s in steps]
     names = sorted(j["metadata"]["name"] for j in await kenv.jobs("tiny"))
     assert names == sorted(

@@ -272,6 +272,64 @@ VALUE_CASES = [
         ),
         "spec.generation.endpoint.baseUrl: names no host",
     ),
+    *[
+        _value_case(name, with_section("evaluation", benchmarks=[bench]), needle)
+        for name, bench, needle in (
+            (
+                "bench-two-judges",
+                {
+                    "suite": "mt-bench",
+                    "questions": "q.jsonl",
+                    "judge": {"model": "j", "endpoint": {"baseUrl": "http://x/v1", "model": "m"}},
+                },
+                "spec.evaluation.benchmarks[0].judge: give exactly one of endpoint",
+            ),
+            (
+                "bench-no-judge",
+                {"suite": "mt-bench", "questions": "q.jsonl", "judge": {}},
+                "spec.evaluation.benchmarks[0].judge: give exactly one of endpoint",
+            ),
+            (
+                "bench-suite",
+                {"suite": "alpaca", "questions": "q.jsonl", "judge": {"model": "j"}},
+                "spec.evaluation.benchmarks[0].suite: must be one of 'arena-hard'",
+            ),
+            (
+                "bench-arena-no-answers",
+                {"suite": "arena-hard", "questions": "q.jsonl", "judge": {"model": "j"}},
+                "spec.evaluation.benchmarks[0].answers: required for arena-hard",
+            ),
+            (
+                "bench-name",
+                {
+                    "suite": "mt-bench",
+                    "name": "Bad Name",
+                    "questions": "q",
+                    "judge": {"model": "j"},
+                },
+                "spec.evaluation.benchmarks[0].name: 'Bad Name' must be lowercase",
+            ),
+            (
+                "bench-timeout",
+                {"suite": "mt-bench", "questions": "q", "judge": {"model": "j", "timeoutS": 0}},
+                "spec.evaluation.benchmarks[0].judge.timeoutS: must be greater than 0",
+            ),
+            (
+                "bench-judge-url",
+                {
+                    "suite": "mt-bench",
+                    "questions": "q",
+                    "judge": {"endpoint": {"baseUrl": "judge:8000", "model": "m"}},
+                },
+                "spec.evaluation.benchmarks[0].judge.endpoint.baseUrl: must start with http",
+            ),
+        )
+    ],
+    _value_case(
+        "bench-contamination",
+        with_section("creator", evolve={"contaminationThreshold": 0}),
+        "spec.creator.evolve.contaminationThreshold: must be greater than 0",
+    ),
 ]
 
 
