@@ -56,7 +56,11 @@ def test_prometheus_sees_a_running_step_and_the_gateway_forgets_the_run(
             live = None
             deadline = time.time() + 240
             while proc.poll() is None and time.time() < deadline:
-                got = query(prometheus, 'eva_prompts_done_total{job="eva-step",run="watched"}')
+                # A working step (prepare's series exist too, at 0, while it reads the prompts).
+                got = query(
+                    prometheus,
+                    'eva_prompts_done_total{job="eva-step",run="watched",step=~"generate|evaluate"}',
+                )
                 if got and live is None:
                     live = got
                 time.sleep(0.5)
