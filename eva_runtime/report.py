@@ -1451,4 +1451,8 @@ def _nan(value: Any) -> float:
 
 
 def _is_dpo(run: _Run) -> bool:
-    return bool(_get(run.spec, "solver", "algorithm", default="dpo") == "dpo")
+    """Sigmoid DPO, whose loss starts at ln 2 (other loss types start elsewhere)."""
+    algorithm = _get(run.spec, "solver", "algorithm", default="dpo")
+    return bool(
+        algorithm == "dpo" and _get(run.spec, "solver", "lossType", default="sigmoid") == "sigmoid"
+    )

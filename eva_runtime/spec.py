@@ -123,6 +123,28 @@ class Algorithm(StrEnum):
     simpo = "simpo"
     ipo = "ipo"
     orpo = "orpo"
+    rpo = "rpo"
+
+
+# TRL's DPO loss types that need nothing but (prompt, chosen, rejected) pairs: solver.lossType
+# for algorithm dpo. (ipo is its own algorithm; sft alone is not a preference loss.)
+DPO_LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "robust",
+    "exo_pair",
+    "nca_pair",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+)
+# Loss types that read solver.labelSmoothing (robust: the flip probability; exo_pair: epsilon).
+LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair")
 
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -401,6 +423,29 @@ class SolverSpec(_Model):
     simpo_gamma: float = Field(
         default=0.5, ge=0.0, le=1000.0, description="SimPO target reward margin."
     )
+    loss_type: Literal[DPO_LOSS_TYPES] = Field(  # type: ignore[valid-type]
+        default="sigmoid",
+        description="algorithm dpo: TRL's DPO loss (sigmoid = the DPO paper's). Others: "
+        "hinge, robust, exo_pair, nca_pair, bco_pair, sppo_hard, aot, aot_unpaired, "
+        "apo_zero, apo_down, discopop, sigmoid_norm.",
+    )
+    rpo_alpha: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1000.0,
+        description="algorithm rpo: weight of the chosen response's negative log-likelihood "
+        "added to the DPO loss.",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.5,
+        description="lossType robust: probability that a preference label is flipped; "
+        "exo_pair: its epsilon.",
+    )
+    discopop_tau: float = Field(
+        default=0.05, gt=0.0, le=1000.0, description="lossType discopop: its temperature."
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec)
     precision: Precision = "auto"
     gradient_checkpointing: bool = False
@@ -408,6 +453,31 @@ class SolverSpec(_Model):
         default=1, ge=1, description="Data-parallel processes under accelerate (GPUs or CPU)."
     )
     deepspeed: DeepSpeedMode = "none"
+
+    @model_validator(mode="after")
+    def _loss_fields(self) -> SolverSpec:
+        if self.loss_type != "sigmoid" and self.algorithm != "dpo":
+            raise ValueError(
+                f"lossType: {self.loss_type} is a loss of algorithm dpo (algorithm is "
+                f"{self.algorithm})"
+            )
+        if self.label_smoothing > 0 and self.loss_type not in LABEL_SMOOTHING_LOSSES:
+            raise ValueError(
+                "labelSmoothing: only lossType robust or exo_pair read it (lossType is "
+                f"{self.loss_type})"
+            )
+        # A value other than the default that nothing reads is a mistake (dumped manifests
+        # carry the defaults, so the defaults themselves pass).
+        defaults = type(self).model_fields
+        if self.rpo_alpha != defaults["rpo_alpha"].default and self.algorithm != "rpo":
+            raise ValueError(
+                f"rpoAlpha: only algorithm rpo reads it (algorithm is {self.algorithm})"
+            )
+        if self.discopop_tau != defaults["discopop_tau"].default and self.loss_type != "discopop":
+            raise ValueError(
+                f"discopopTau: only lossType discopop reads it (lossType is {self.loss_type})"
+            )
+        return self
 
 
 BENCH_SUITES = ("arena-hard", "mt-bench", "alpaca-eval")

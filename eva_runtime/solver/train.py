@@ -44,7 +44,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-from eva_runtime.spec import Algorithm, DeepSpeedMode, Precision
+from eva_runtime.spec import (
+    DPO_LOSS_TYPES,
+    LABEL_SMOOTHING_LOSSES,
+    Algorithm,
+    DeepSpeedMode,
+    Precision,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -105,6 +111,10 @@ class TrainSettings:
     warmup_ratio: float = 0.1
     lr_scheduler: str = "cosine"
     simpo_gamma: float = 0.5
+    loss_type: str = "sigmoid"  # algorithm dpo: one of DPO_LOSS_TYPES
+    rpo_alpha: float = 1.0  # algorithm rpo: weight of the chosen response's NLL
+    label_smoothing: float = 0.0  # loss types robust, exo_pair
+    discopop_tau: float = 0.05  # loss type discopop
     lora: LoraSettings | None = None
     precision: str = "auto"
     gradient_checkpointing: bool = False
@@ -129,6 +139,16 @@ class TrainSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.epochs <= 0 or self.learning_rate <= 0 or self.max_length <= 0:
             raise ValueError("epochs, learning_rate and max_length must be positive")
+        if self.loss_type not in DPO_LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {self.loss_type!r}")
+        if self.loss_type != "sigmoid" and self.algorithm != "dpo":
+            raise ValueError(f"loss_type {self.loss_type} is a loss of algorithm dpo")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing > 0 and self.loss_type not in LABEL_SMOOTHING_LOSSES:
+            raise ValueError(f"label_smoothing is read only by {LABEL_SMOOTHING_LOSSES}")
+        if self.rpo_alpha <= 0 or self.discopop_tau <= 0:
+            raise ValueError("rpo_alpha and discopop_tau must be positive")
 
 
 @dataclass(frozen=True)
@@ -395,11 +415,24 @@ def _training_args(
         "dataloader_num_workers": 0,
     }
     common[_checkpointing_field()] = settings.gradient_checkpointing and on_gpu
+    if settings.algorithm == "rpo":
+        from trl import DPOConfig
+
+        # RPO (Pang et al. 2024): the DPO loss plus alpha times the chosen response's
+        # negative log-likelihood, which is TRL's sigmoid + sft losses weighted [1, alpha].
+        return DPOConfig(
+            **common, loss_type=["sigmoid", "sft"], loss_weights=[1.0, settings.rpo_alpha]
+        )
     if settings.algorithm in ("dpo", "ipo"):
         from trl import DPOConfig
 
-        loss = "sigmoid" if settings.algorithm == "dpo" else "ipo"
-        return DPOConfig(**common, loss_type=[loss])
+        loss = settings.loss_type if settings.algorithm == "dpo" else "ipo"
+        return DPOConfig(
+            **common,
+            loss_type=[loss],
+            label_smoothing=settings.label_smoothing,
+            discopop_tau=settings.discopop_tau,
+        )
     if settings.algorithm == "simpo":
         CPOConfig = _experimental("cpo").CPOConfig
 

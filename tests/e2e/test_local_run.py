@@ -104,6 +104,27 @@ def test_baseline_runs_generate_train_evaluate_on_fixed_prompts(
     print(f"two baseline iterations on the tiny model: {time.time() - t0:.1f}s")
 
 
+@pytest.mark.parametrize(
+    "solver",
+    [{"algorithm": "rpo", "rpoAlpha": 0.5}, {"lossType": "sppo_hard"}],
+    ids=["rpo", "sppo_hard"],
+)
+def test_rpo_and_a_dpo_loss_type_run_two_iterations(
+    tmp_path: Path, tiny_model: Path, solver: dict
+) -> None:
+    """eva run end to end with the solver's other losses: each iteration trains, and the
+    second starts from the first one's policy."""
+    manifest = tiny_manifest(
+        tmp_path, tiny_model, creator=False, name="loss", spec={"iterations": 2, "solver": solver}
+    )
+    result = run_all(load_run(manifest), tmp_path / "runs", tracking=False)
+    rd = RunDir(result.run_dir)
+    train = [rd.step(t, "train").summary() for t in (0, 1)]
+    assert all(s["counts"]["pairs"] > 0 for s in train)
+    assert train[1]["policy"] == str(rd.step(0, "train").path / "model")
+    assert rd.step(1, "evaluate").complete()
+
+
 def test_rerunning_a_complete_run_does_nothing(tmp_path: Path, tiny_model: Path) -> None:
     run = load_run(tiny_manifest(tmp_path, tiny_model, creator=False, name="again"))
     first = run_all(run, tmp_path / "runs", tracking=False)

@@ -184,3 +184,39 @@ def test_one_reading_of_a_python_reward_reference() -> None:
         },
     }
     assert parse_run(spec).spec.reward_model.function == "decimal:Decimal.from_float"
+
+
+@pytest.mark.parametrize(
+    ("solver", "message"),
+    [
+        (
+            {"algorithm": "ipo", "lossType": "robust"},
+            "spec.solver.lossType: robust is a loss of algorithm dpo",
+        ),
+        (
+            {"lossType": "hinge", "labelSmoothing": 0.1},
+            "labelSmoothing: only lossType robust or exo_pair",
+        ),
+        (
+            {"lossType": "robust", "labelSmoothing": 0.5},
+            "spec.solver.labelSmoothing: must be less than 0.5",
+        ),
+        ({"rpoAlpha": 2.0}, "rpoAlpha: only algorithm rpo reads it (algorithm is dpo)"),
+        ({"discopopTau": 0.1}, "discopopTau: only lossType discopop reads it"),
+        ({"lossType": "kto"}, "spec.solver.lossType: must be one of"),
+        ({"algorithm": "rpo", "rpoAlpha": 0}, "spec.solver.rpoAlpha: must be greater than 0"),
+    ],
+)
+def test_solver_loss_fields_that_cannot_apply_are_refused(solver: dict, message: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_run(manifest(solver=solver), "f.yaml")
+    assert any(message in e for e in exc.value.errors), exc.value.errors
+
+
+def test_solver_loss_fields_that_apply_are_accepted() -> None:
+    run = parse_run(manifest(solver={"algorithm": "rpo", "rpoAlpha": 0.5}), "f.yaml")
+    assert run.spec.solver.rpo_alpha == 0.5
+    run = parse_run(manifest(solver={"lossType": "robust", "labelSmoothing": 0.1}), "f.yaml")
+    assert (run.spec.solver.loss_type, run.spec.solver.label_smoothing) == ("robust", 0.1)
+    run = parse_run(manifest(solver={"lossType": "discopop", "discopopTau": 0.1}), "f.yaml")
+    assert run.spec.solver.discopop_tau == 0.1
