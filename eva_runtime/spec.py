@@ -439,9 +439,8 @@ class SolverSpec(_Model):
     label_smoothing: float = Field(
         default=0.0,
         ge=0.0,
-        lt=0.5,
         description="lossType robust: probability that a preference label is flipped; "
-        "exo_pair: its epsilon.",
+        "exo_pair: its epsilon. In [0, 0.5).",
     )
     discopop_tau: float = Field(
         default=0.05, gt=0.0, le=1000.0, description="lossType discopop: its temperature."
@@ -453,6 +452,15 @@ class SolverSpec(_Model):
         default=1, ge=1, description="Data-parallel processes under accelerate (GPUs or CPU)."
     )
     deepspeed: DeepSpeedMode = "none"
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _below_half(cls, v: float) -> float:
+        # Checked here, not as a schema bound: Kubernetes compares the integer default 0
+        # with a fractional exclusive maximum truncated to 0 and refuses the CRD.
+        if v >= 0.5:
+            raise ValueError("must be less than 0.5")
+        return v
 
     @model_validator(mode="after")
     def _loss_fields(self) -> SolverSpec:

@@ -227,7 +227,11 @@ def test_spec_schema_carries_bounds_and_enums_from_the_model() -> None:
     assert (it["type"], it["minimum"], it["maximum"], it["default"]) == ("integer", 1, 1000, 3)
     assert "gapInverse" in at(s, "creator.informativeness")["enum"]
     assert at(s, "creator.informativeness")["default"] == "gap"
-    assert at(s, "solver.algorithm")["enum"] == ["dpo", "simpo", "ipo", "orpo"]
+    assert at(s, "solver.algorithm")["enum"] == ["dpo", "simpo", "ipo", "orpo", "rpo"]
+    assert at(s, "solver.lossType")["enum"][:3] == ["sigmoid", "hinge", "robust"]
+    # A fractional exclusive maximum over an integer default is refused by the API server
+    # (it truncates the bound): labelSmoothing's upper bound lives in the model only.
+    assert "maximum" not in at(s, "solver.labelSmoothing")
     assert at(s, "runPolicy.backoffLimit")["minimum"] == 0
     assert at(s, "generation.shards")["maximum"] == 1024
     assert at(s, "rewardModel.type")["enum"] == ["classifier", "armo", "judge", "python"]
@@ -424,3 +428,32 @@ def test_free_form_and_open_fields_accept_what_kubernetes_passes_through() -> No
     ok["spec"]["runPolicy"] = {"pendingDeadlineSeconds": None}
     assert validate(ok, schema()) == []
     parse_run(ok)
+
+
+def _numbers(schema: Any, path: str = "spec") -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    if isinstance(schema, dict):
+        if schema.get("type") == "number":
+            out.append((path, schema))
+        for key, sub in (schema.get("properties") or {}).items():
+            out += _numbers(sub, f"{path}.{key}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(schema.get(key), dict):
+                out += _numbers(schema[key], f"{path}[]")
+    return out
+
+
+def test_no_whole_number_default_sits_under_a_fractional_bound() -> None:
+    """Kubernetes reads a default such as 0.0 as the integer 0 and compares it with the
+    bounds truncated to integers: 0 < 0.5 becomes 0 < 0 and the whole CRD is refused (the
+    real API server did so). Every number field is checked for that shape."""
+    bad = []
+    for path, schema in _numbers(spec_schema()):
+        default = schema.get("default")
+        if not isinstance(default, int | float) or float(default) != int(default):
+            continue
+        for bound in ("minimum", "maximum"):
+            value = schema.get(bound)
+            if isinstance(value, float) and not value.is_integer():
+                bad.append(f"{path}: default {default}, {bound} {value}")
+    assert not bad, bad
