@@ -229,7 +229,7 @@ def step_summary(pods: list[PodView]) -> dict[str, Any]:
     for p in pods:
         try:
             doc = json.loads(p.termination_message)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):  # whatever a step's image wrote
             continue
         if isinstance(doc, dict):
             messages.append(doc)
@@ -258,7 +258,7 @@ def failure_message(job: JobView, pods: list[PodView]) -> str:
                     doc = json.loads(text)
                     if isinstance(doc, dict) and doc.get("error"):
                         return str(doc["error"])
-                except ValueError:
+                except (ValueError, RecursionError):
                     pass
                 return text[-1000:]
     return job.message or job.reason or "the Job failed"

@@ -544,6 +544,15 @@ def test_step_summary_prefers_the_step_message_else_sums_additive_shard_counts()
     whole = {"scope": "step", "counts": {"prompts": 9, "reward_mean": 0.5}}
     assert step_summary([shard[0], observe_pod(pod("j", 1, "Succeeded", whole))]) == whole
     assert step_summary([]) == {}
+    # A termination message nested deeper than the JSON decoder's recursion limit (a step
+    # image may write anything; the kubelet keeps 4 KiB): ignored, not a crash.
+    deep = "[" * 2000 + "]" * 2000
+    assert step_summary([observe_pod(pod("j", 3, "Succeeded", deep)), shard[0]])["counts"]
+    from eva_operator.plan import JobView, failure_message
+
+    failed = observe_pod(pod("j", 4, "Failed", deep))
+    job = JobView(name="j", step="train", iteration=0, attempt=0, state="failed")
+    assert failure_message(job, [failed]) == deep[-1000:]  # the raw tail, as for any text
 
 
 def test_observe_pod_reads_waiting_reasons_and_unschedulable_conditions() -> None:
