@@ -1,9 +1,13 @@
-"""EvaRun manifests for whole runs on the tiny model: one builder, tuned per test by overrides."""
+"""EvaRun manifests for whole runs on the tiny model: one builder, tuned per test by overrides;
+and the one way tests start the `eva` command as a child process."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +106,23 @@ def cluster_spec(overrides: dict[str, Any] | None = None, *, shards: int = 2) ->
     for k, v in (overrides or {}).items():
         base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return base
+
+
+def eva_process(*args: str, cwd: Path, **env_extra: str) -> subprocess.Popen:
+    """``eva ARGS`` in a child process of its own session (a test can kill its whole group),
+    offline, with tests/e2e on PYTHONPATH (the test reward functions live there)."""
+    here = str(Path(__file__).parent / "e2e")
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("EVA_SPEC_YAML", "JOB_COMPLETION_INDEX")
+    }
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **env_extra})
+    return subprocess.Popen(
+        [sys.executable, "-m", "eva_runtime.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )

@@ -124,12 +124,14 @@ def test_a_killed_benchmark_step_asks_the_judge_only_for_what_is_missing(
         cmd = [sys.executable, "-m", "eva_runtime.cli", "run", str(manifest), "--no-tracking",
                "--workdir", str(tmp_path / "runs")]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "EVA_SPEC_YAML"}
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)  # fmt: skip
+        log = tmp_path / "run.log"
+        with log.open("w") as out:  # a file, not a pipe: nobody reads it until the kill
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=env)  # fmt: skip
         deadline = time.time() + 300
         while time.time() < deadline and len(stub.requests) < 10 and proc.poll() is None:
             time.sleep(0.05)
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:] if proc.stdout else ""
+        assert proc.poll() is None, log.read_text()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         run_dir = tmp_path / "runs" / "default" / "tiny"

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import pytest
 from eva_runtime.artifacts import RunDir
 from eva_runtime.runner import run_all
 from eva_runtime.spec import load_run
-from tiny_run import tiny_manifest
+from tiny_run import eva_process, tiny_manifest
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -135,26 +132,12 @@ def test_rerunning_a_complete_run_does_nothing(tmp_path: Path, tiny_model: Path)
     assert {p: p.stat().st_mtime_ns for p in first.run_dir.rglob("_SUCCESS.json")} == stamps
 
 
-def _eva(*args: str, cwd: Path, **env_extra: str) -> subprocess.Popen:
-    here = str(Path(__file__).parent)
-    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **env_extra}
-    return subprocess.Popen(
-        [sys.executable, "-m", "eva_runtime.cli", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path) -> None:
     manifest = tiny_manifest(
         tmp_path, tiny_model, name="resume", reward="paused_reward:length_after_pause"
     )
     # Reference: one uninterrupted run.
-    ref = _eva(
+    ref = eva_process(
         "run", str(manifest), "--no-tracking", "--workdir", str(tmp_path / "ref"), cwd=tmp_path
     )
     _out, err = ref.communicate(timeout=240)
@@ -164,7 +147,7 @@ def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path
     # The same run, killed while generate-evolved is scoring (the reward pauses there), after
     # generate and create completed; then started again.
     work = tmp_path / "killed" / "default" / "resume"
-    proc = _eva(
+    proc = eva_process(
         "run",
         str(manifest),
         "--no-tracking",
@@ -185,7 +168,7 @@ def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path
     assert step_dir.exists() and not (step_dir / "_SUCCESS.json").exists()
     assert not (work / "iter-0" / "train").exists()
 
-    again = _eva(
+    again = eva_process(
         "run", str(manifest), "--no-tracking", "--workdir", str(tmp_path / "killed"), cwd=tmp_path
     )
     _out, err = again.communicate(timeout=240)
@@ -196,7 +179,7 @@ def test_killed_run_resumes_to_the_same_digests(tmp_path: Path, tiny_model: Path
 
 def test_unreadable_model_path_fails_before_any_work(tmp_path: Path, tiny_model: Path) -> None:
     manifest = tiny_manifest(tmp_path, tmp_path / "no-such-model")
-    proc = _eva(
+    proc = eva_process(
         "run", str(manifest), "--no-tracking", "--workdir", str(tmp_path / "runs"), cwd=tmp_path
     )
     _out, err = proc.communicate(timeout=60)
@@ -209,7 +192,7 @@ def test_unreadable_model_path_fails_before_any_work(tmp_path: Path, tiny_model:
 def test_bad_prompt_file_names_file_and_line(tmp_path: Path, tiny_model: Path) -> None:
     manifest = tiny_manifest(tmp_path, tiny_model)
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "ok"}\n{"prompt": oops}\n')
-    proc = _eva(
+    proc = eva_process(
         "run", str(manifest), "--no-tracking", "--workdir", str(tmp_path / "runs"), cwd=tmp_path
     )
     _out, err = proc.communicate(timeout=60)
@@ -223,25 +206,27 @@ def test_phase_commands_run_steps_alone_and_shard_generation(
     manifest = tiny_manifest(tmp_path, tiny_model, name="phases")
     run_dir = tmp_path / "rd"
     common = ["--spec", str(manifest), "--run-dir", str(run_dir), "--iteration", "0"]
-    p = _eva("phase", "prepare", *common, cwd=tmp_path)
+    p = eva_process("phase", "prepare", *common, cwd=tmp_path)
     assert p.wait(60) == 0, p.stderr.read()
     # Two shards as two workers of an Indexed Job; the second one completes the step.
     for i in (1, 0):
-        p = _eva("phase", "generate", *common, "--shard", str(i), "--num-shards", "2", cwd=tmp_path)
+        p = eva_process(
+            "phase", "generate", *common, "--shard", str(i), "--num-shards", "2", cwd=tmp_path
+        )
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     summary = json.loads((run_dir / "iter-0" / "generate" / "_SUCCESS.json").read_text())
     assert summary["num_shards"] == 2 and summary["counts"]["prompts"] == 12
     assert json.loads(out)["prompts"] == 12
     # Create reads both shards back in prompt order.
-    p = _eva("phase", "create", *common, cwd=tmp_path)
+    p = eva_process("phase", "create", *common, cwd=tmp_path)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     scores = pd.read_parquet(run_dir / "iter-0" / "create" / "scores.parquet")
     train = pd.read_parquet(run_dir / "prepare" / "train.parquet")
     assert scores["prompt_id"].tolist() == train["prompt_id"].tolist()
     # A step whose inputs are missing says which step to run first.
-    p = _eva(
+    p = eva_process(
         "phase",
         "train",
         "--spec",

@@ -8,8 +8,6 @@ import math
 import os
 import signal
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,25 +17,12 @@ import yaml
 
 from eva_runtime.artifacts import RunDir
 from eva_runtime.spec import load_run
-from tiny_run import tiny_manifest
+from tiny_run import eva_process, tiny_manifest
 
 pytestmark = pytest.mark.timeout(600)
 
 CELLS = ("creator.enabled=true", "creator.enabled=false")
 SEEDS = (3, 4)
-
-
-def _eva(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "eva_runtime.cli", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def _evaluate(run: Path) -> dict:
@@ -53,7 +38,7 @@ def test_a_killed_sweep_resumes_and_its_report_has_the_right_statistics(
     args += ["--workdir", str(root), "--no-tracking"]
 
     # Killed while the second run (cell creator.enabled=false, seed 3) is under way.
-    proc = _eva(*args, cwd=tmp_path)
+    proc = eva_process(*args, cwd=tmp_path)
     first = root / "cells" / CELLS[0] / "seed-3"
     second = root / "cells" / CELLS[1] / "seed-3"
     deadline = time.time() + 300
@@ -66,7 +51,7 @@ def test_a_killed_sweep_resumes_and_its_report_has_the_right_statistics(
     assert not RunDir(second).step(0, "evaluate").complete()
     done = {p: p.stat().st_mtime_ns for p in first.rglob("_SUCCESS.json")}
 
-    again = _eva(*args, cwd=tmp_path)
+    again = eva_process(*args, cwd=tmp_path)
     out, err = again.communicate(timeout=500)
     assert again.returncode == 0, err[-3000:]
     # The complete run was not run again; every run of the grid is complete.
@@ -87,7 +72,7 @@ def test_a_killed_sweep_resumes_and_its_report_has_the_right_statistics(
     assert len(definition["invocations"]) == 1  # the same grid again is not a new invocation
     assert load_run(manifest).spec == load_run_from_text(definition["base"]).spec
 
-    rep = _eva("sweep", "report", str(root), cwd=tmp_path)
+    rep = eva_process("sweep", "report", str(root), cwd=tmp_path)
     out, err = rep.communicate(timeout=120)
     assert rep.returncode == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
@@ -173,7 +158,7 @@ def test_bad_sweep_flags_are_refused_before_anything_runs(tmp_path: Path) -> Non
         (["--seeds", "1", "--iterations", "0"], "spec.iterations"),
     ]
     for extra, message in cases:
-        proc = _eva("sweep", str(manifest), *extra, "--workdir", str(root), cwd=tmp_path)
+        proc = eva_process("sweep", str(manifest), *extra, "--workdir", str(root), cwd=tmp_path)
         _out, err = proc.communicate(timeout=60)
         assert proc.returncode == 2, (extra, err)
         assert message in err, (extra, err)
@@ -184,7 +169,7 @@ def test_bad_sweep_flags_are_refused_before_anything_runs(tmp_path: Path) -> Non
 def test_emitted_manifests_validate_and_carry_the_sweep_labels(tmp_path: Path) -> None:
     manifest = tiny_manifest(tmp_path, tmp_path / "model", name="emit")
     out = tmp_path / "manifests"
-    proc = _eva(
+    proc = eva_process(
         "sweep",
         str(manifest),
         "--seeds",
@@ -210,6 +195,6 @@ def test_emitted_manifests_validate_and_carry_the_sweep_labels(tmp_path: Path) -
         assert labels["eva.dev/seed"] == str(run.spec.seed)
         cells.add((labels["eva.dev/sweep-cell"], run.spec.creator.enabled, run.spec.solver.beta))
     assert len(cells) == 4
-    val = _eva("validate", *map(str, files), cwd=tmp_path)
+    val = eva_process("validate", *map(str, files), cwd=tmp_path)
     _o, err = val.communicate(timeout=60)
     assert val.returncode == 0, err

@@ -220,8 +220,8 @@ def test_a_killed_benchmark_resumes_asking_only_what_is_missing(
         args = ["arena-hard", *ARENA, *_common(tiny_model, stub.url, out), "--concurrency", "1"]
         proc = subprocess.Popen(
             [sys.executable, "-m", "eva_runtime.cli", "bench", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stdout=subprocess.DEVNULL,  # nobody reads a pipe until the kill: it could fill
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         deadline = time.time() + 120
