@@ -68,6 +68,7 @@ DEEPSPEED_MODES: tuple[str, ...] = get_args(DeepSpeedMode)
 LOG_MARKER = "EVA_TRAIN_LOG "
 
 _REFERENCE_FREE = frozenset({"simpo", "orpo"})
+_ONE_TRAINING = threading.Lock()
 _STDERR_TAIL_LINES = 60
 
 
@@ -223,7 +224,11 @@ def train_in_this_process(
     """
     records = _validated_pairs(records)
     history: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="eva-train-") as scratch:
+    # accelerate keeps one process-wide AcceleratorState, which a finishing trainer resets,
+    # and TRL's lazy imports race when two threads first touch them: two trainings in threads
+    # of one process (a library caller, the tests' in-process pods) would break each other,
+    # so they take turns. A step pod trains once; nothing waits there.
+    with _ONE_TRAINING, tempfile.TemporaryDirectory(prefix="eva-train-") as scratch:
         trainer = _build_trainer(
             records,
             model_path=model_path,

@@ -416,3 +416,37 @@ def test_loss_fields_that_do_not_fit_the_algorithm_are_refused() -> None:
         TrainSettings(loss_type="hinge", label_smoothing=0.1)
     with pytest.raises(ValueError, match="loss_type must be one of"):
         TrainSettings(loss_type="magic")
+
+
+def test_two_trainings_in_threads_of_one_process_both_succeed(
+    start_model: Path, tmp_path: Path
+) -> None:
+    """accelerate's state is process-wide (a finishing trainer resets it) and TRL's lazy
+    imports race between threads: trainings in threads of one process (library callers, the
+    tests' in-process step pods) take turns instead of breaking each other."""
+    import threading
+
+    errors: list[BaseException] = []
+    results: list[TrainResult] = []
+
+    def train(name: str, epochs: float) -> None:
+        try:
+            settings = TrainSettings(**{**_fields(FAST), "epochs": epochs})
+            results.append(
+                train_policy(
+                    PAIRS,
+                    model_path=str(start_model),
+                    output_dir=str(tmp_path / name),
+                    settings=settings,
+                )
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=train, args=(n, e)) for n, e in (("a", 1.0), ("b", 2.0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    assert sorted(r.steps for r in results) == [2, 4]
