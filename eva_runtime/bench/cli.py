@@ -124,6 +124,8 @@ def run_bench_command(
 ) -> dict[str, Any]:
     from eva_runtime.bench.run import load_inputs
 
+    if style_control and suite != "arena-hard":
+        raise InputError(f"--style-control: only arena-hard has style control (suite {suite})")
     cfg = BenchConfig(
         suite=suite,
         questions=questions,

@@ -254,6 +254,10 @@ def test_a_killed_benchmark_resumes_asking_only_what_is_missing(
         ),
         (["mt-bench", "--questions", str(DATA / "mt-bench-questions.jsonl")], "a judge is needed"),
         (
+            ["mt-bench", "--questions", str(DATA / "mt-bench-questions.jsonl"), "--style-control"],
+            "--style-control: only arena-hard",
+        ),
+        (
             [
                 "mt-bench",
                 "--questions",
