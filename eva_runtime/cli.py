@@ -572,28 +572,7 @@ def sweep_report(sweep_dir: str, output: str | None, reference: str | None) -> N
     help="Tokens per judge reply.",
 )
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-def bench(
-    suite: str,
-    model_ref: str,
-    questions: str,
-    answers: str | None,
-    judge_base_url: str | None,
-    judge_model: str | None,
-    judge_api_key_env: str | None,
-    judge_model_path: str | None,
-    out: str | None,
-    limit: int | None,
-    backend: str,
-    max_new_tokens: int,
-    temperature: float | None,
-    style_control: bool,
-    concurrency: int,
-    timeout: float,
-    max_retries: int,
-    parse_retries: int,
-    judge_max_new_tokens: int,
-    seed: int,
-) -> None:
+def bench(**options: Any) -> None:
     """Score a model on one judged benchmark: arena-hard, mt-bench or alpaca-eval.
 
     The last line on stdout is one JSON object (suite, score, ci_low, ci_high, judged,
@@ -603,28 +582,8 @@ def bench(
     from eva_runtime.bench.cli import run_bench_command
 
     try:
-        result = run_bench_command(
-            suite=suite,
-            model_ref=model_ref,
-            questions=questions,
-            answers=answers,
-            judge_base_url=judge_base_url,
-            judge_model=judge_model,
-            judge_api_key_env=judge_api_key_env,
-            judge_model_path=judge_model_path,
-            out=out,
-            limit=limit,
-            backend=backend,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            style_control=style_control,
-            concurrency=concurrency,
-            timeout=timeout,
-            max_retries=max_retries,
-            parse_retries=parse_retries,
-            judge_max_new_tokens=judge_max_new_tokens,
-            seed=seed,
-        )
+        # The options, typed and named once, are run_bench_command's parameters.
+        result = run_bench_command(**options)
     except (EvaError, ValueError) as exc:
         _fail(str(exc))
     click.echo(json.dumps(result, sort_keys=True))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from eva_runtime.bench.run import BenchConfig, brief, run_bench
-from eva_runtime.errors import InputError
+from eva_runtime.errors import InputError, first_line
 
 
 def resolve_policy(ref: str) -> tuple[str, str]:
@@ -160,8 +160,7 @@ def run_bench_command(
         try:
             return make_generator(backend, model_path)
         except OSError as exc:  # transformers' "not found / cannot download" errors
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"--model {model_ref}: cannot be loaded ({first})") from None
+            raise InputError(f"--model {model_ref}: cannot be loaded ({first_line(exc)})") from None
 
     try:
         result = run_bench(

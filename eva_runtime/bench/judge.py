@@ -140,13 +140,14 @@ class LocalJudge:
     def _generator(self) -> Any:
         if self._gen is None:
             from eva_runtime.backends import make_generator
-            from eva_runtime.errors import InputError
+            from eva_runtime.errors import first_line
 
             try:
                 self._gen = make_generator(self.backend, self.model)
             except OSError as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                raise InputError(f"judge model {self.model}: cannot be loaded ({first})") from None
+                raise InputError(
+                    f"judge model {self.model}: cannot be loaded ({first_line(exc)})"
+                ) from None
         return self._gen
 
     def ask(

@@ -15,12 +15,17 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:  # contamination builds on this module's normalise and shingles
-    from eva_runtime.creator.contamination import ContaminationIndex
+
+class Matcher(Protocol):
+    """What ``clean_evolved`` asks of a contamination index (``creator.contamination``, which
+    builds on this module's ``normalise`` and ``shingles``): a match, or None."""
+
+    def match(self, text: str) -> object | None: ...
+
 
 # (method, instruction). Each asks for the rewritten prompt alone, so parsing stays simple.
 OPERATIONS: tuple[tuple[str, str], ...] = (
@@ -167,7 +172,7 @@ def clean_evolved(
     existing: Sequence[str] = (),
     near_duplicate_threshold: float = 0.9,
     min_chars: int = 8,
-    contamination: ContaminationIndex | None = None,
+    contamination: Matcher | None = None,
 ) -> Cleaned:
     """Keep usable evolved prompts; drop the rest with a reason.
 
