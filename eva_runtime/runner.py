@@ -59,7 +59,7 @@ def preflight(run: EvaRun) -> None:
                 check_model_reachable(ref)
             except ValueError as exc:
                 problems.append(f"{field}: {exc}")
-    if s.reward_model.type == "python" and s.reward_model.function:
+    if s.reward_model.function:  # type python, or pairwise with preference python
         from eva_runtime.backends.reward import load_function
 
         try:

@@ -87,6 +87,15 @@ class RewardType(StrEnum):
     armo = "armo"
     judge = "judge"
     python = "python"
+    pairwise = "pairwise"
+
+
+class PreferenceSource(StrEnum):
+    """Where a pairwise reward's P(a beats b) comes from."""
+
+    ranker = "ranker"
+    judge = "judge"
+    python = "python"
 
 
 class GenerationBackend(StrEnum):
@@ -124,6 +133,7 @@ class Algorithm(StrEnum):
     ipo = "ipo"
     orpo = "orpo"
     rpo = "rpo"
+    sppo = "sppo"
 
 
 # TRL's DPO loss types that need nothing but (prompt, chosen, rejected) pairs: solver.lossType
@@ -232,30 +242,51 @@ class RewardModelSpec(_Model):
         default=4096, ge=16, le=1_048_576, description="Tokens per scored conversation."
     )
     judge_endpoint: OpenAIEndpoint | None = Field(
-        default=None, description="judge type: score through this server instead of a local model."
+        default=None,
+        description="judge type (or pairwise with preference judge): ask this server instead "
+        "of a local model.",
+    )
+    preference: PreferenceSource = Field(
+        default=PreferenceSource.ranker,
+        description="pairwise type: ranker (a PairRM-style cross-encoder in model), judge (an "
+        "LLM in model or judgeEndpoint) or python (function called as f(prompts, responses_a, "
+        "responses_b) -> P(a beats b)).",
+    )
+    both_orders: bool = Field(
+        default=True,
+        description="pairwise type: ask every pair in both orders and average, cancelling "
+        "position bias (twice the comparisons).",
     )
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> RewardModelSpec:
         t = self.type
-        if t == "python":
+        defaults = type(self).model_fields
+        if t != "pairwise":
+            for name, key in (("preference", "preference"), ("both_orders", "bothOrders")):
+                if getattr(self, name) != defaults[name].default:
+                    raise ValueError(f"{key}: only type pairwise reads it (type is {t})")
+        # (type, preference source) -> what it reads; the pointwise types have no source.
+        kind = f"{t} with preference {self.preference}" if t == "pairwise" else str(t)
+        source = self.preference if t == "pairwise" else t
+        if source == "python":
             if not self.function:
-                raise ValueError("function: required when type is python ('module:function')")
+                raise ValueError(f"function: required when type is {kind} ('module:function')")
             if parse_function_ref(self.function) is None:
                 raise ValueError(
                     f"function: {self.function!r} is not of the form 'module:function' "
                     "(or 'module:Class.method')"
                 )
-        elif t in ("classifier", "armo"):
+        elif source in ("classifier", "armo", "ranker"):
             if not self.model:
-                raise ValueError(f"model: required when type is {t}")
+                raise ValueError(f"model: required when type is {kind}")
             if t == "armo" and not self.trust_remote_code:
                 raise ValueError(
                     "trustRemoteCode: armo reward models run custom code; set "
                     "trustRemoteCode: true to allow it"
                 )
-        elif t == "judge" and not (self.model or self.judge_endpoint):
-            raise ValueError("model: required when type is judge (or set judgeEndpoint)")
+        elif source == "judge" and not (self.model or self.judge_endpoint):
+            raise ValueError(f"model: required when type is {kind} (or set judgeEndpoint)")
         return self
 
 

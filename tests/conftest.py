@@ -44,3 +44,10 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_model import build_tiny_classifier
 
     return build_tiny_classifier(tmp_path_factory.mktemp("tiny-rm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_model import build_tiny_ranker
+
+    return build_tiny_ranker(tmp_path_factory.mktemp("tiny-ranker"))

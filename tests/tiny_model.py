@@ -104,3 +104,35 @@ def build_tiny_classifier(path: str | Path, *, seed: int = 1) -> Path:
     )
     LlamaForSequenceClassification(config).save_pretrained(path)
     return path
+
+
+RANKER_TAGS = ["<|source|>", "<|candidate1|>", "<|candidate2|>"]
+
+
+def build_tiny_ranker(path: str | Path, *, seed: int = 2) -> Path:
+    """A random PairRM-style cross-encoder: a 2-layer DeBERTa-v2 (PairRM's architecture)
+    with one logit, over the tiny tokenizer plus the ranker's three tags."""
+    import torch
+    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    path = Path(path)
+    build_tiny_model(path, seed=seed)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.add_special_tokens({"additional_special_tokens": RANKER_TAGS})
+    tok.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = DebertaV2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        num_labels=1,
+        initializer_range=0.5,  # preferences that vary with the input, not all ~0.5
+    )
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        (path / name).unlink(missing_ok=True)
+    DebertaV2ForSequenceClassification(config).save_pretrained(path)
+    return path

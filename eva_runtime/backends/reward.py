@@ -1,8 +1,9 @@
 """Scoring responses: the signal that decides which response is "chosen" and which prompts
 are informative enough to evolve.
 
-Four ways to score sit behind one ``RewardModel.score``: a sequence-classification reward
-model, an ArmoRM-style model with its own code, an LLM judge, and a user's Python function.
+Five ways to score sit behind one ``RewardModel.score``: a sequence-classification reward
+model, an ArmoRM-style model with its own code, an LLM judge, a user's Python function, and
+a pairwise preference (``pairwise.py``: mean win probabilities among a prompt's responses).
 Every score that leaves this module is a finite float: a NaN would silently win or lose
 every comparison downstream, so any backend that produces one raises instead.
 """
@@ -63,11 +64,24 @@ def make_reward_model(
     batch_size: int = 8,
     max_length: int = 4096,
     judge_generator: Generator | None = None,
+    preference: str = "ranker",
+    both_orders: bool = True,
 ) -> RewardModel:
     """Build the reward model a run's ``rewardModel`` section describes."""
     kind = str(getattr(type, "value", type))
     if kind not in REWARD_TYPES:
         raise ValueError(f"unknown reward model type {kind!r}; choose one of {REWARD_TYPES}")
+    if kind == "pairwise":
+        return _pairwise(
+            str(getattr(preference, "value", preference)),
+            model=model,
+            function=function,
+            trust_remote_code=trust_remote_code,
+            batch_size=batch_size,
+            max_length=max_length,
+            judge_generator=judge_generator,
+            both_orders=both_orders,
+        )
     if kind == "python":
         if not function:
             raise ValueError("reward type 'python' needs function: 'module:function'")
@@ -97,6 +111,50 @@ def make_reward_model(
         max_length=max_length,
         use_score_output=kind == "armo",
     )
+
+
+def _pairwise(
+    source: str,
+    *,
+    model: str | None,
+    function: str | None,
+    trust_remote_code: bool,
+    batch_size: int,
+    max_length: int,
+    judge_generator: Generator | None,
+    both_orders: bool,
+) -> RewardModel:
+    from .pairwise import (
+        JudgePreference,
+        PairwiseReward,
+        Preference,
+        PythonPreference,
+        RankerPreference,
+    )
+
+    pref: Preference
+    if source == "python":
+        if not function:
+            raise ValueError("pairwise preference 'python' needs function: 'module:function'")
+        pref = PythonPreference(function)
+    elif source == "judge":
+        if judge_generator is None:
+            raise ValueError("pairwise preference 'judge' needs judge_generator")
+        pref = JudgePreference(judge_generator)
+    elif source == "ranker":
+        if not model:
+            raise ValueError("pairwise preference 'ranker' needs a model")
+        from ..models import resolve_model
+
+        pref = RankerPreference(
+            resolve_model(model, trust_remote_code=trust_remote_code),
+            batch_size=batch_size,
+            max_length=max_length,
+            trust_remote_code=trust_remote_code,
+        )
+    else:
+        raise ValueError(f"unknown pairwise preference {source!r}; choose ranker, judge or python")
+    return PairwiseReward(pref, both_orders=both_orders)
 
 
 # --------------------------------------------------------------------------- classifier

@@ -28,6 +28,8 @@ ROLLOUT_COLUMNS = (
     "num_tokens",
     "reward",
 )
+# Pairwise rewards add this column: per response, P(it beats sample j of its prompt).
+PREFERENCES_COLUMN = "preferences"
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -175,7 +177,7 @@ class Context:
         rm = self.spec.reward_model
         judge = None
         model = rm.model
-        if rm.type == "judge":
+        if rm.type == "judge" or (rm.type == "pairwise" and rm.preference == "judge"):
             if rm.judge_endpoint is not None:
                 judge = make_generator(
                     "openai",
@@ -196,6 +198,8 @@ class Context:
             batch_size=rm.batch_size,
             max_length=rm.max_length,
             judge_generator=judge,
+            preference=rm.preference,
+            both_orders=rm.both_orders,
         )
 
 

@@ -4,9 +4,16 @@ Both policies answer the same held-out prompts with the same sampling seed, so t
 comparison is paired: win rate counts, per (prompt, sample), how often the new response
 scores higher (ties count half). The previous policy's responses are reused from the
 last iteration's evaluation when it exists, so each policy is evaluated once.
+
+With a pairwise reward the two responses of each (prompt, sample) are compared directly:
+the new response's reward is P(new beats previous), the previous one's 1 - P, and the win
+rate is the mean P. (A mean win probability among one policy's own samples is 0.5 by
+construction and says nothing about which policy is better.)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,13 +21,36 @@ import pandas as pd
 from eva_runtime.artifacts import write_parquet
 from eva_runtime.phases.context import Context, derive_seed
 from eva_runtime.phases.generate import generate_and_score
-from eva_runtime.progress import note
+from eva_runtime.progress import note, task
 
 
 def win_rate(new: np.ndarray, old: np.ndarray) -> float:
     if new.size == 0:
         return float("nan")
     return float(((new > old).sum() + 0.5 * (new == old).sum()) / new.size)
+
+
+def compared(
+    rm: Any, new: pd.DataFrame, prev: pd.DataFrame, *, label: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both policies' responses with reward P(new beats previous) and its complement."""
+    key = ["prompt_id", "sample"]
+    paired = new[[*key, "prompt", "response"]].merge(
+        prev[[*key, "response"]], on=key, suffixes=("_new", "_prev")
+    )
+    with task(f"{label}: comparing", len(paired)) as advance:
+        probs = rm.compare(
+            paired["prompt"].tolist(),
+            paired["response_new"].tolist(),
+            paired["response_prev"].tolist(),
+        )
+        advance(len(paired))
+    p = paired[key].assign(p=probs)
+    new = new.drop(columns="reward").merge(p, on=key, how="left")
+    prev = prev.drop(columns="reward").merge(p, on=key, how="left")
+    new["reward"] = new.pop("p").fillna(0.5)
+    prev["reward"] = 1.0 - prev.pop("p").fillna(0.5)
+    return new, prev
 
 
 def run_evaluate(ctx: Context, iteration: int) -> dict:
@@ -46,6 +76,7 @@ def run_evaluate(ctx: Context, iteration: int) -> dict:
         seed=derive_seed(ctx.spec.seed, "evaluate"),
     )
     rm = ctx.reward_model()
+    pairwise = hasattr(rm, "compare")
     generated = []  # what this step generated (a reused previous policy's answers cost nothing)
     try:
         prev = None
@@ -64,6 +95,7 @@ def run_evaluate(ctx: Context, iteration: int) -> dict:
                 params=params,
                 label=f"iter {iteration} evaluate (previous policy)",
                 reward_model=rm,
+                score=not pairwise,
             ).assign(policy="previous")
             generated.append(prev)
         new = generate_and_score(
@@ -74,8 +106,11 @@ def run_evaluate(ctx: Context, iteration: int) -> dict:
             params=params,
             label=f"iter {iteration} evaluate (new policy)",
             reward_model=rm,
+            score=not pairwise,
         ).assign(policy="new")
         generated.append(new)
+        if pairwise:
+            new, prev = compared(rm, new, prev, label=f"iter {iteration} evaluate")
     finally:
         rm.close()
     both = pd.concat([prev, new], ignore_index=True)
@@ -90,7 +125,9 @@ def run_evaluate(ctx: Context, iteration: int) -> dict:
         "reward_new_sem": float(new["reward"].std(ddof=1) / np.sqrt(len(new)))
         if len(new) > 1
         else 0.0,
-        "win_rate": win_rate(paired["reward_new"].to_numpy(), paired["reward_prev"].to_numpy()),
+        "win_rate": float(paired["reward_new"].mean())  # the mean P(new beats previous)
+        if pairwise
+        else win_rate(paired["reward_new"].to_numpy(), paired["reward_prev"].to_numpy()),
         "truncated_new": int((new["finish_reason"] == "length").sum()),
         "responses": sum(len(f) for f in generated),
         "tokens": int(sum(f["num_tokens"].sum() for f in generated)),

@@ -16,7 +16,13 @@ import pandas as pd
 from eva_runtime.artifacts import write_parquet
 from eva_runtime.errors import StepError
 from eva_runtime.metrics import current as current_metrics
-from eva_runtime.phases.context import ROLLOUT_COLUMNS, Context, derive_seed, finalize_sharded
+from eva_runtime.phases.context import (
+    PREFERENCES_COLUMN,
+    ROLLOUT_COLUMNS,
+    Context,
+    derive_seed,
+    finalize_sharded,
+)
 from eva_runtime.progress import note, task
 
 if TYPE_CHECKING:
@@ -46,8 +52,12 @@ def generate_and_score(
     params: SamplingParams,
     label: str,
     reward_model: RewardModel | None = None,
+    score: bool = True,
 ) -> pd.DataFrame:
-    """Responses and rewards for ``prompts`` as a long table (one row per response)."""
+    """Responses and rewards for ``prompts`` as a long table (one row per response).
+
+    ``score=False`` leaves the reward 0.0 for a caller that scores the responses itself.
+    """
     if prompts.empty:
         return pd.DataFrame({c: [] for c in ROLLOUT_COLUMNS})
     texts = prompts["prompt"].tolist()
@@ -74,13 +84,18 @@ def generate_and_score(
         for j, c in enumerate(outs):
             rows.append((order, pid, prompt, j, c.text, c.finish_reason, c.num_tokens))
     frame = pd.DataFrame(rows, columns=list(ROLLOUT_COLUMNS[:-1]))
+    if not score:
+        return frame.assign(reward=0.0)
     own = reward_model is None
     rm = reward_model if reward_model is not None else ctx.reward_model()
+    preferences = None
     try:
         with task(f"{label}: scoring", len(frame)) as advance:
-            scores = rm.score(
-                frame["prompt"].tolist(), frame["response"].tolist(), on_progress=advance
-            )
+            texts, answers = frame["prompt"].tolist(), frame["response"].tolist()
+            if hasattr(rm, "score_with_matrix"):  # pairwise: keep the preference matrix too
+                scores, preferences = rm.score_with_matrix(texts, answers, on_progress=advance)
+            else:
+                scores = rm.score(texts, answers, on_progress=advance)
     finally:
         if own:
             rm.close()
@@ -93,7 +108,11 @@ def generate_and_score(
             f"reward model gave {scores[bad[0]]!r} for prompt {r['prompt_id']!r} "
             f"(sample {r['sample']}); rewards must be finite"
         )
-    return frame.assign(reward=scores)
+    frame = frame.assign(reward=scores)
+    if preferences is not None:
+        # Row k: P(this response beats sample j of its prompt), j = 0..n-1 (itself 0.5).
+        frame[PREFERENCES_COLUMN] = preferences
+    return frame
 
 
 def run_generate(

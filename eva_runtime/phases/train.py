@@ -22,15 +22,22 @@ from eva_runtime.errors import StepError
 from eva_runtime.metrics import current as current_metrics
 from eva_runtime.phases.context import Context, reward_matrix
 from eva_runtime.progress import note, task, warn
-from eva_runtime.solver.pairs import preference_pairs
+from eva_runtime.solver.pairs import preference_pairs, win_probabilities
 
 if TYPE_CHECKING:
     from eva_runtime.solver.train import TrainSettings
 
 
 def pairs_from(
-    rollouts: pd.DataFrame, *, drop_truncated: bool, origin: str
+    rollouts: pd.DataFrame,
+    *,
+    drop_truncated: bool,
+    origin: str,
+    probabilities: bool = False,
+    pairwise: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
+    """Best-vs-worst pairs; ``probabilities`` adds each side's estimated win probability
+    against the policy (``chosen_prob``, ``rejected_prob``: what SPPO trains towards)."""
     ids, rewards, stop = reward_matrix(rollouts)
     if not ids:
         return pd.DataFrame(), {"tied": 0, "too_few": 0}
@@ -49,6 +56,10 @@ def pairs_from(
             "origin": origin,
         }
     )
+    if probabilities:
+        p = win_probabilities(rewards, pairwise=pairwise)
+        frame["chosen_prob"] = p[idx.prompt, idx.chosen]
+        frame["rejected_prob"] = p[idx.prompt, idx.rejected]
     return frame, {"tied": idx.tied, "too_few": idx.too_few}
 
 
@@ -116,8 +127,15 @@ def run_train(ctx: Context, iteration: int) -> dict:
         ]
     else:
         sources = [(ctx.rollouts(iteration, "generate"), "original")]
+    sppo = ctx.spec.solver.algorithm == "sppo"
     for rollouts, origin in sources:
-        frame, st = pairs_from(rollouts, drop_truncated=drop, origin=origin)
+        frame, st = pairs_from(
+            rollouts,
+            drop_truncated=drop,
+            origin=origin,
+            probabilities=sppo,
+            pairwise=ctx.spec.reward_model.type == "pairwise",
+        )
         parts.append(frame)
         for k in stats:
             stats[k] += st[k]
@@ -180,7 +198,10 @@ def run_train(ctx: Context, iteration: int) -> dict:
                 advance(step - last[0])
                 last[0] = step
 
-        records = pairs[["prompt", "chosen", "rejected"]].to_dict("records")
+        columns = ["prompt", "chosen", "rejected"] + (
+            ["chosen_prob", "rejected_prob"] if sppo else []
+        )
+        records = pairs[columns].to_dict("records")
         if ctx.spec.generation.system_prompt:
             for r in records:
                 r["system"] = ctx.spec.generation.system_prompt

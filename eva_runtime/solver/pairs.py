@@ -66,3 +66,26 @@ def preference_pairs(rewards: object, valid: object | None = None) -> PairIndex:
         tied=int(np.count_nonzero(enough & ~keep)),
         too_few=int(np.count_nonzero(~enough)),
     )
+
+
+def win_probabilities(rewards: object, *, pairwise: bool) -> np.ndarray:
+    """Each response's estimated P(it beats the policy), from a (prompts, n) reward matrix.
+
+    A pairwise reward already is that probability (the mean win probability against the
+    prompt's other samples). A pointwise reward is turned into one by the Bradley-Terry
+    model: P(i beats j) = sigmoid(r_i - r_j), averaged over the other samples j of the
+    prompt (so rewards are read as logits, as a Bradley-Terry reward model is trained).
+    One sample alone gets 0.5.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.ndim != 2:
+        raise ValueError(f"rewards must be shaped (prompts, responses), got {r.shape}")
+    if pairwise:
+        return np.clip(r, 0.0, 1.0)
+    n = r.shape[1]
+    if n < 2:
+        return np.full(r.shape, 0.5)
+    diff = r[:, :, None] - r[:, None, :]
+    p = 0.5 * (1.0 + np.tanh(diff / 2.0))  # sigmoid without overflow
+    out: np.ndarray = (p.sum(axis=2) - 0.5) / (n - 1)
+    return out

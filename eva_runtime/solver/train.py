@@ -68,6 +68,8 @@ DEEPSPEED_MODES: tuple[str, ...] = get_args(DeepSpeedMode)
 LOG_MARKER = "EVA_TRAIN_LOG "
 
 _REFERENCE_FREE = frozenset({"simpo", "orpo"})
+# Algorithm sppo: each pair's estimated win probabilities of its two responses.
+PROBABILITY_KEYS = ("chosen_prob", "rejected_prob")
 _ONE_TRAINING = threading.Lock()
 _STDERR_TAIL_LINES = 60
 
@@ -247,7 +249,8 @@ def train_in_this_process(
         steps=int(output.global_step),
         train_loss=_as_float(output.training_loss),
         history=history,
-        reward_accuracy=accuracies[-1] if accuracies else None,
+        # sppo's logged rewards are of shifted log-ratios: no accuracy to read from them.
+        reward_accuracy=accuracies[-1] if accuracies and settings.algorithm != "sppo" else None,
         num_pairs=len(records),
     )
 
@@ -255,16 +258,30 @@ def train_in_this_process(
 # --------------------------------------------------------------------------- data
 
 
-def _validated_pairs(pairs: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+def _validated_pairs(pairs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Fail before any model is loaded: a bad pair found mid-tokenisation wastes minutes."""
-    records: list[dict[str, str]] = []
+    records: list[dict[str, Any]] = []
     for index, pair in enumerate(pairs):
-        record: dict[str, str] = {}
+        record: dict[str, Any] = {}
         for key in ("prompt", "chosen", "rejected"):
             value = pair.get(key) if isinstance(pair, Mapping) else None
             if not isinstance(value, str):
                 raise ValueError(f"preference pair {index} needs a string {key!r}, got {value!r}")
             record[key] = value
+        for key in PROBABILITY_KEYS:
+            prob = pair.get(key) if isinstance(pair, Mapping) else None
+            if prob is None:
+                continue
+            if (
+                not isinstance(prob, int | float)
+                or isinstance(prob, bool)
+                or not 0.0 <= float(prob) <= 1.0
+            ):
+                raise ValueError(
+                    f"preference pair {index}: {key!r} must be a probability in [0, 1], "
+                    f"got {prob!r}"
+                )
+            record[key] = float(prob)
         system = pair.get("system") if isinstance(pair, Mapping) else None
         if system is not None and not isinstance(system, str):
             raise ValueError(f"preference pair {index}: 'system' must be a string, got {system!r}")
@@ -295,11 +312,15 @@ def _conversational(record: Mapping[str, str]) -> dict[str, list[dict[str, str]]
     of the sampling distribution.
     """
     system = [{"role": "system", "content": record["system"]}] if record.get("system") else []
-    return {
+    conv: dict[str, Any] = {
         "prompt": [*system, {"role": "user", "content": record["prompt"]}],
         "chosen": [{"role": "assistant", "content": record["chosen"]}],
         "rejected": [{"role": "assistant", "content": record["rejected"]}],
     }
+    for key in PROBABILITY_KEYS:
+        if key in record:
+            conv[key] = record[key]
+    return conv
 
 
 def pair_tokens(pairs: Sequence[Mapping[str, str]], model_path: str, max_length: int) -> int:
@@ -428,6 +449,12 @@ def _training_args(
         return DPOConfig(
             **common, loss_type=["sigmoid", "sft"], loss_weights=[1.0, settings.rpo_alpha]
         )
+    if settings.algorithm == "sppo":
+        from trl import DPOConfig
+
+        # Soft SPPO runs as TRL's sppo_hard loss over shifted reference log-probabilities
+        # (see _soft_sppo_trainer), which needs them precomputed.
+        return DPOConfig(**common, loss_type=["sppo_hard"], precompute_ref_log_probs=True)
     if settings.algorithm in ("dpo", "ipo"):
         from trl import DPOConfig
 
@@ -521,6 +548,17 @@ def _build_trainer(
             ReferenceFreeTrainer = _experimental("orpo").ORPOTrainer
         return _quiet(ReferenceFreeTrainer(model=policy, **common))
 
+    if settings.algorithm == "sppo":
+        missing = [i for i, r in enumerate(records) if not all(k in r for k in PROBABILITY_KEYS)]
+        if missing:
+            raise ValueError(
+                f"algorithm sppo: preference pair {missing[0]} has no {PROBABILITY_KEYS} "
+                "(the win probabilities SPPO trains towards)"
+            )
+        # The start policy scores the reference log-probabilities before it is trained
+        # (with LoRA: with the adapter disabled), so no second copy is loaded.
+        return _quiet(_soft_sppo_trainer()(model=policy, ref_model=None, **common))
+
     from trl import DPOTrainer
 
     reference = None
@@ -535,6 +573,52 @@ def _build_trainer(
     if peft_config is None and trainer.ref_model is None:
         raise RuntimeError("DPOTrainer dropped the explicit reference model")
     return _quiet(trainer)
+
+
+_SOFT_SPPO: Any = None
+
+
+def _soft_sppo_trainer() -> Any:
+    """TRL's DPOTrainer with the SPPO objective on soft win probabilities.
+
+    SPPO (Wu et al. 2024) minimises, per pair,
+    ``(log pi/pi_ref (y_w) - eta (P_w - 1/2))^2 + (log pi/pi_ref (y_l) - eta (P_l - 1/2))^2``
+    with ``eta = 1/beta``; TRL ships the hard case P_w = 1, P_l = 0 (``sppo_hard``). The
+    soft case is the hard loss on log-ratios shifted per pair, so it is had by moving the
+    precomputed reference log-probabilities: ``ref_w += (P_w - 1)/beta`` and
+    ``ref_l += P_l/beta``. Nothing else of TRL's trainer changes. (Its logged
+    ``rewards/*`` are then of the shifted log-ratios.)
+    """
+    global _SOFT_SPPO
+    if _SOFT_SPPO is not None:
+        return _SOFT_SPPO
+    from trl import DPOTrainer
+
+    class SoftSPPOTrainer(DPOTrainer):
+        def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+            out = super()._precompute_ref_logps(dataset, name, batch_size)
+            beta = float(self.beta)
+
+            def shift(batch: dict[str, list[float]]) -> dict[str, list[float]]:
+                return {
+                    "ref_chosen_logps": [
+                        r + (p - 1.0) / beta
+                        for r, p in zip(
+                            batch["ref_chosen_logps"], batch["chosen_prob"], strict=True
+                        )
+                    ],
+                    "ref_rejected_logps": [
+                        r + p / beta
+                        for r, p in zip(
+                            batch["ref_rejected_logps"], batch["rejected_prob"], strict=True
+                        )
+                    ],
+                }
+
+            return out.map(shift, batched=True, desc=f"SPPO targets for the {name} dataset")
+
+    _SOFT_SPPO = SoftSPPOTrainer
+    return _SOFT_SPPO
 
 
 def _quiet(trainer: Trainer) -> Trainer:

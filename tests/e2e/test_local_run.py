@@ -122,6 +122,67 @@ def test_rpo_and_a_dpo_loss_type_run_two_iterations(
     assert rd.step(1, "evaluate").complete()
 
 
+def test_pairwise_ranker_rewards_and_sppo_run_two_iterations(
+    tmp_path: Path, tiny_model: Path, tiny_ranker: Path
+) -> None:
+    """eva run with a PairRM-style cross-encoder ranking the responses and SPPO training on
+    their win probabilities, creator on: rollouts carry the preference matrix, pairs the
+    probabilities, and the evaluation compares the two policies' answers head to head."""
+    spec = {
+        "iterations": 2,
+        "rewardModel": {"type": "pairwise", "model": str(tiny_ranker), "maxLength": 128},
+        "solver": {"algorithm": "sppo"},
+    }
+    manifest = tiny_manifest(tmp_path, tiny_model, name="sppo", spec=spec)
+    result = run_all(load_run(manifest), tmp_path / "runs", tracking=False)
+    rd = RunDir(result.run_dir)
+    rollouts = pd.read_parquet(rd.shard(0, "generate", 0, 1).path / "rollouts.parquet")
+    assert rollouts["reward"].between(0, 1).all()
+    for _, group in rollouts.groupby("prompt_id"):
+        # Mean win probabilities among a prompt's 3 samples average 1/2; each row keeps its
+        # probabilities of beating every sample (itself 0.5), whose mean over the others
+        # is its reward.
+        assert group["reward"].mean() == pytest.approx(0.5)
+        for _, row in group.iterrows():
+            probs = list(row["preferences"])
+            assert len(probs) == 3 and probs[int(row["sample"])] == 0.5
+            assert (sum(probs) - 0.5) / 2 == pytest.approx(row["reward"])
+    pairs = pd.read_parquet(rd.step(0, "train").path / "pairs.parquet")
+    assert len(pairs) and (pairs["chosen_prob"] > pairs["rejected_prob"]).all()
+    assert (pairs["chosen_prob"] == pairs["chosen_reward"]).all()
+    train = [rd.step(t, "train").summary() for t in (0, 1)]
+    assert all(s["counts"]["trained"] == 1 for s in train)
+    assert train[0]["algorithm"] == "sppo"
+    assert train[1]["policy"] == str(rd.step(0, "train").path / "model")
+    for t in (0, 1):
+        ev = rd.step(t, "evaluate").summary()["counts"]
+        responses = pd.read_parquet(rd.step(t, "evaluate").path / "responses.parquet")
+        new = responses[responses["policy"] == "new"]
+        prev = responses[responses["policy"] == "previous"]
+        # Head to head: P(new beats previous) and its complement, paired by (prompt, sample).
+        both = new.merge(prev, on=["prompt_id", "sample"], suffixes=("_n", "_p"))
+        assert (both["reward_n"] + both["reward_p"]).to_numpy() == pytest.approx(1.0)
+        assert ev["win_rate"] == pytest.approx(new["reward"].mean())
+        assert ev["reward_new"] + ev["reward_previous"] == pytest.approx(1.0)
+
+
+def test_pairwise_python_preference_with_dpo(tmp_path: Path, tiny_model: Path) -> None:
+    """The pairwise reward from a python preference, one order only, drives a dpo run."""
+    spec = {
+        "rewardModel": {"type": "pairwise", "preference": "python",
+                        "function": "eva_runtime.rewards:length_preference", "bothOrders": False},
+    }  # fmt: skip
+    manifest = tiny_manifest(tmp_path, tiny_model, creator=False, name="pw", spec=spec)
+    result = run_all(load_run(manifest), tmp_path / "runs", tracking=False)
+    rd = RunDir(result.run_dir)
+    train = rd.step(0, "train").summary()["counts"]
+    assert train["pairs"] > 0 and train["trained"] == 1
+    pairs = pd.read_parquet(rd.step(0, "train").path / "pairs.parquet")
+    assert "chosen_prob" not in pairs  # only sppo reads them
+    ev = rd.step(0, "evaluate").summary()["counts"]
+    assert 0.0 <= ev["win_rate"] <= 1.0
+
+
 def test_rerunning_a_complete_run_does_nothing(tmp_path: Path, tiny_model: Path) -> None:
     run = load_run(tiny_manifest(tmp_path, tiny_model, creator=False, name="again"))
     first = run_all(run, tmp_path / "runs", tracking=False)

@@ -409,6 +409,63 @@ def test_rpo_adds_the_chosen_nll_to_the_dpo_loss(start_model: Path, tmp_path: Pa
     assert first[2.0] > first[0.5] + 1.0
 
 
+def _with_probs(pairs: Sequence[Mapping[str, str]], chosen: float, rejected: float) -> list[dict]:
+    return [{**p, "chosen_prob": chosen, "rejected_prob": rejected} for p in pairs]
+
+
+def test_sppo_trains_towards_the_soft_win_probabilities(start_model: Path, tmp_path: Path) -> None:
+    """At the first step policy = reference, so SPPO's loss is exactly
+    (1/beta)^2 ((P_w - 1/2)^2 + (P_l - 1/2)^2): 13 for beta 0.1, P 0.8 / 0.3, where TRL's
+    sppo_hard (P = 1 / 0) gives 50. Then it trains, raises the chosen margin, and the saved
+    policy starts the next iteration."""
+    first = TrainSettings(
+        algorithm="sppo", learning_rate=1e-6, epochs=1.0, per_device_batch_size=8,
+        beta=0.1, max_length=128, warmup_ratio=0.0,
+    )  # fmt: skip
+    soft = train_policy(
+        _with_probs(PAIRS, 0.8, 0.3), model_path=str(start_model),
+        output_dir=str(tmp_path / "soft"), settings=first,
+    )  # fmt: skip
+    assert soft.history[0]["loss"] == pytest.approx(100 * (0.3**2 + 0.2**2), rel=1e-4)
+    hard = train_policy(
+        _with_probs(PAIRS, 1.0, 0.0), model_path=str(start_model),
+        output_dir=str(tmp_path / "hard"), settings=first,
+    )  # fmt: skip
+    assert hard.history[0]["loss"] == pytest.approx(50.0, rel=1e-4)
+    assert soft.reward_accuracy is None  # logged rewards are of shifted log-ratios
+
+    settings = TrainSettings(
+        algorithm="sppo", learning_rate=1e-3, epochs=3.0, per_device_batch_size=4,
+        beta=0.1, max_length=128,
+    )  # fmt: skip
+    out = tmp_path / "policy"
+    result = train_policy(
+        _with_probs(PAIRS, 0.8, 0.3), model_path=str(start_model), output_dir=str(out),
+        settings=settings,
+    )  # fmt: skip
+    _assert_finite_history(result)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert _mean_margin(out, PAIRS) > _mean_margin(start_model, PAIRS)
+    again = train_policy(
+        _with_probs(PAIRS[:4], 0.6, 0.4), model_path=str(out),
+        output_dir=str(tmp_path / "next"), settings=settings,
+    )  # fmt: skip
+    assert again.steps >= 1
+
+
+def test_sppo_needs_the_probabilities_and_refuses_bad_ones(
+    start_model: Path, tmp_path: Path
+) -> None:
+    settings = TrainSettings(algorithm="sppo", max_length=128)
+    with pytest.raises(ValueError, match="pair 0 has no"):
+        train_policy(PAIRS, model_path=str(start_model), output_dir=str(tmp_path / "o"),
+                     settings=settings)  # fmt: skip
+    with pytest.raises(ValueError, match=r"pair 0: 'chosen_prob' must be a probability.*1\.5"):
+        train_policy(_with_probs(PAIRS, 1.5, 0.2), model_path=str(start_model),
+                     output_dir=str(tmp_path / "o"), settings=settings)  # fmt: skip
+
+
 def test_loss_fields_that_do_not_fit_the_algorithm_are_refused() -> None:
     with pytest.raises(ValueError, match="loss of algorithm dpo"):
         TrainSettings(algorithm="ipo", loss_type="robust")

@@ -227,14 +227,15 @@ def test_spec_schema_carries_bounds_and_enums_from_the_model() -> None:
     assert (it["type"], it["minimum"], it["maximum"], it["default"]) == ("integer", 1, 1000, 3)
     assert "gapInverse" in at(s, "creator.informativeness")["enum"]
     assert at(s, "creator.informativeness")["default"] == "gap"
-    assert at(s, "solver.algorithm")["enum"] == ["dpo", "simpo", "ipo", "orpo", "rpo"]
+    assert at(s, "solver.algorithm")["enum"] == ["dpo", "simpo", "ipo", "orpo", "rpo", "sppo"]
     assert at(s, "solver.lossType")["enum"][:3] == ["sigmoid", "hinge", "robust"]
     # A fractional exclusive maximum over an integer default is refused by the API server
     # (it truncates the bound): labelSmoothing's upper bound lives in the model only.
     assert "maximum" not in at(s, "solver.labelSmoothing")
     assert at(s, "runPolicy.backoffLimit")["minimum"] == 0
     assert at(s, "generation.shards")["maximum"] == 1024
-    assert at(s, "rewardModel.type")["enum"] == ["classifier", "armo", "judge", "python"]
+    types = ["classifier", "armo", "judge", "python", "pairwise"]
+    assert at(s, "rewardModel.type")["enum"] == types
     assert at(s, "policy.model")["minLength"] == 1
     assert at(s, "storage.mountPath")["pattern"] == "^/"
     assert at(s, "generation.truncated")["enum"] == ["keep", "drop"]  # a Literal
