@@ -200,3 +200,22 @@ def test_eva_bench_with_transformers_serve_as_the_judge(served_model, tmp_path):
     )
     if last["judged"] == 0:
         assert last["score"] is None
+
+
+def test_the_pairwise_judge_reward_through_transformers_serve(served_model):
+    """The judge-pairwise reward against the real server: every pair is asked in both orders
+    (and asked again when the reply has no verdict, which the random tiny model never
+    writes), and each reply that stays without one is a tie, counted."""
+    from eva_runtime.backends.pairwise import JudgePreference, PairwiseReward
+
+    base_url, model = served_model
+    gen = make_generator("openai", model, base_url=base_url, batch_size=4)
+    judge = JudgePreference(gen, max_new_tokens=8)
+    reward = PairwiseReward(judge)
+    scores = reward.score(["Name a colour."] * 3, ["Blue.", "Red, like a rose.", "7"])
+    gen.close()
+    assert reward.comparisons == 6
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert sum(scores) == pytest.approx(1.5)  # mean win probabilities of 3 responses
+    if judge.unparsed == 6:
+        assert scores == [0.5, 0.5, 0.5]

@@ -87,6 +87,29 @@ async def test_an_evarun_runs_to_succeeded_through_two_iterations(env) -> None:
     assert metric(op, "eva_operator_step_duration_seconds_count", step="train") == 2
 
 
+async def test_pairwise_rewards_and_sppo_run_through_the_operator(env) -> None:
+    """The pairwise reward (a python preference) and the sppo solver, step by step as Jobs:
+    the pods' rollouts carry win probabilities, train's pairs carry them to SPPO."""
+    await env.start_operator()
+    spec = {
+        "rewardModel": {"type": "pairwise", "preference": "python",
+                        "function": "eva_runtime.rewards:length_preference"},
+        "solver": {"algorithm": "sppo"},
+    }  # fmt: skip
+    await env.api.apply_run(env.manifest(iterations=1, **spec))
+    status = await env.wait_phase("tiny", ("Succeeded", "Failed"), 400)
+    assert status["phase"] == "Succeeded", status.get("message")
+    (h,) = status["history"]
+    assert h["pairs"] > 0 and 0.0 <= h["winRate"] <= 1.0
+    train = env.controller.artifacts / "default/tiny/iter-0/train"
+    summary = json.loads((train / "_SUCCESS.json").read_text())
+    assert summary["algorithm"] == "sppo" and summary["counts"]["trained"] == 1
+    import pandas as pd
+
+    pairs = pd.read_parquet(train / "pairs.parquet")
+    assert (pairs["chosen_prob"] > pairs["rejected_prob"]).all()
+
+
 async def test_a_failed_step_is_retried_from_the_last_complete_step(env, rules) -> None:
     env.controller.decide = rules({("train", 0): Outcome("fail", "CUDA error: out of memory")})
     op = await env.start_operator()
