@@ -248,9 +248,9 @@ class RewardModelSpec(_Model):
     )
     preference: PreferenceSource = Field(
         default=PreferenceSource.ranker,
-        description="pairwise type: ranker (a PairRM-style cross-encoder in model), judge (an "
-        "LLM in model or judgeEndpoint) or python (function called as f(prompts, responses_a, "
-        "responses_b) -> P(a beats b)).",
+        description="pairwise type: ranker (PairRM or a PairRM-style cross-encoder in model), "
+        "judge (an LLM in model or judgeEndpoint) or python (function called as "
+        "f(prompts, responses_a, responses_b) -> P(a beats b)).",
     )
     both_orders: bool = Field(
         default=True,

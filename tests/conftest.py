@@ -51,3 +51,10 @@ def tiny_ranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_model import build_tiny_ranker
 
     return build_tiny_ranker(tmp_path_factory.mktemp("tiny-ranker"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pairrm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_model import build_tiny_pairrm
+
+    return build_tiny_pairrm(tmp_path_factory.mktemp("tiny-pairrm"))

@@ -136,3 +136,49 @@ def build_tiny_ranker(path: str | Path, *, seed: int = 2) -> Path:
         (path / name).unlink(missing_ok=True)
     DebertaV2ForSequenceClassification(config).save_pretrained(path)
     return path
+
+
+def build_tiny_pairrm(path: str | Path, *, seed: int = 4, n_tasks: int = 3) -> Path:
+    """A random checkpoint in PairRM's layout (as llm-blender/PairRM-hf ships it): config
+    architectures ``DebertaV2PairRM`` with the tag ids, weights ``pretrained_model.*`` (a
+    DeBERTa-v2 encoder) and ``head_layer.{1,4}.*`` (the two linear layers of its head),
+    written tensor by tensor, not through eva's loader."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
+
+    path = Path(path)
+    build_tiny_model(path, seed=seed)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.add_special_tokens({"additional_special_tokens": RANKER_TAGS})
+    tok.save_pretrained(path)
+    source, cand1, cand2 = tok.convert_tokens_to_ids(RANKER_TAGS)
+    config = DebertaV2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=0.5,
+        architectures=["DebertaV2PairRM"],
+        n_tasks=n_tasks,
+        drop_out=0.05,
+        source_prefix_id=source,
+        cand1_prefix_id=cand1,
+        cand2_prefix_id=cand2,
+        cand_prefix_id=cand1,
+    )
+    torch.manual_seed(seed)
+    encoder = DebertaV2Model(config)
+    tensors = {f"pretrained_model.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
+    tensors["head_layer.1.weight"] = torch.randn(32, 64) * 0.3
+    tensors["head_layer.1.bias"] = torch.randn(32) * 0.1
+    tensors["head_layer.4.weight"] = torch.randn(n_tasks, 32) * 0.3
+    tensors["head_layer.4.bias"] = torch.randn(n_tasks) * 0.1
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        (path / name).unlink(missing_ok=True)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(path)
+    return path

@@ -9,7 +9,9 @@ the score is 0.5; when every comparison is a tie every score is 0.5 (a gap of 0)
 
 Three sources of the preference sit behind ``Preference.prefer(prompts, a, b)``:
 
-* ``RankerPreference``: a PairRM-style cross-encoder, i.e. a transformers
+* ``PairRMPreference``: PairRM itself (a DeBERTa-v3 encoder with llm-blender's pairwise head),
+  loaded from its checkpoint with the same weight layout, no llm-blender needed;
+* ``RankerPreference``: any other PairRM-style cross-encoder, i.e. a transformers
   sequence-classification model with one logit read on the input
   ``<|source|>{prompt}<|candidate1|>{a}<|candidate2|>{b}``; sigmoid(logit) = P(a beats b).
 * ``JudgePreference``: an LLM judge (any generation backend or endpoint) that answers with
@@ -39,11 +41,13 @@ __all__ = [
     "RANKER_TAGS",
     "VERDICT_PROBABILITY",
     "JudgePreference",
+    "PairRMPreference",
     "PairwiseReward",
     "Preference",
     "PythonPreference",
     "RankerPreference",
     "fit_lengths",
+    "is_pairrm",
     "ranker_text",
     "win_scores",
 ]
@@ -332,6 +336,144 @@ class RankerPreference:
             for i, v in zip(index, values, strict=True):
                 out[i] = float(v)
         return checked_probabilities(out, len(encoded), f"ranker {self.model_path}")
+
+    def close(self) -> None:
+        if self._model is None:
+            return
+        self._model = None
+        free_torch_memory()
+
+
+# --------------------------------------------------------------------------- PairRM
+
+PAIRRM_ARCHITECTURE = "DebertaV2PairRM"
+# PairRM's input budget: the source keeps at most this many tokens, the two candidates share
+# the rest of PAIRRM_MAX_LENGTH evenly; each part keeps its beginning.
+PAIRRM_SOURCE_MAX = 1224
+PAIRRM_MAX_LENGTH = 2048
+
+
+def is_pairrm(model_path: str) -> bool:
+    """Whether ``model_path`` holds a PairRM checkpoint (llm-blender's own head)."""
+    import json
+    from pathlib import Path
+
+    config = Path(model_path) / "config.json"
+    try:
+        architectures = json.loads(config.read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return PAIRRM_ARCHITECTURE in architectures
+
+
+def _pairrm_model_class() -> Any:
+    """A module with the weight layout of PairRM's checkpoints: a DeBERTa-v2 encoder under
+    ``pretrained_model`` and ``head_layer`` (dropout, linear 2h->h, tanh, dropout, linear
+    h->n_tasks) applied to the source tag's encoding joined with each candidate tag's."""
+    import torch
+    from torch import nn
+    from transformers import DebertaV2Model, DebertaV2PreTrainedModel
+
+    class PairRMModel(DebertaV2PreTrainedModel):
+        def __init__(self, config: Any) -> None:
+            super().__init__(config)
+            hidden = config.hidden_size
+            self.pretrained_model = DebertaV2Model(config)
+            self.head_layer = nn.Sequential(
+                nn.Dropout(config.drop_out),
+                nn.Linear(2 * hidden, hidden),
+                nn.Tanh(),
+                nn.Dropout(config.drop_out),
+                nn.Linear(hidden, config.n_tasks),
+            )
+            self.post_init()
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            states = self.pretrained_model(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+
+            def at(tag_id: int) -> Any:
+                # The first position of the tag in each row (every row holds each tag once).
+                return states[rows, (input_ids == tag_id).int().argmax(dim=1)]
+
+            source = at(self.config.source_prefix_id)
+            left = self.head_layer(torch.cat([source, at(self.config.cand1_prefix_id)], dim=-1))
+            right = self.head_layer(torch.cat([source, at(self.config.cand2_prefix_id)], dim=-1))
+            return (left - right).mean(dim=-1)  # the log-odds that candidate 1 is better
+
+    return PairRMModel
+
+
+class PairRMPreference:
+    """PairRM (Jiang et al. 2023, the ranker of the eva reference code) from its checkpoint,
+    e.g. a local copy of ``llm-blender/PairRM-hf``, without the llm-blender package.
+
+    The input is PairRM's: ``<|source|>prompt``, ``<|candidate1|>a``, ``<|candidate2|>b``, each
+    encoded with the tokenizer's special tokens and joined; the source keeps at most 1224
+    tokens and the candidates share the rest of 2048. P(a beats b) = sigmoid(mean over the
+    head's tasks of head(source, a) - head(source, b)).
+    """
+
+    def __init__(self, model_path: str, *, batch_size: int = 8, dtype: str = "auto") -> None:
+        from transformers import AutoTokenizer
+
+        self.model_path = model_path
+        self.batch_size = batch_size
+        self._device = pick_device()
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
+        model = _pairrm_model_class().from_pretrained(
+            model_path, dtype=torch_dtype(dtype, self._device)
+        )
+        self._model: Any = model.to(self._device).eval()
+        config = self._model.config
+        for tag, key in zip(
+            RANKER_TAGS, ("source_prefix_id", "cand1_prefix_id", "cand2_prefix_id"), strict=True
+        ):
+            token = self._tokenizer.convert_tokens_to_ids(tag)
+            if token != getattr(config, key, None):
+                raise ValueError(
+                    f"PairRM checkpoint {model_path}: its tokenizer maps {tag} to {token}, "
+                    f"its config.{key} is {getattr(config, key, None)}"
+                )
+
+    def _encode(self, prompt: str, a: str, b: str) -> list[int]:
+        tok = self._tokenizer
+        source = tok(RANKER_TAGS[0] + prompt, truncation=True, max_length=PAIRRM_SOURCE_MAX)[
+            "input_ids"
+        ]
+        room = (PAIRRM_MAX_LENGTH - len(source)) // 2
+        first = tok(RANKER_TAGS[1] + a, truncation=True, max_length=room)["input_ids"]
+        second = tok(RANKER_TAGS[2] + b, truncation=True, max_length=room)["input_ids"]
+        return [*source, *first, *second]
+
+    def prefer(
+        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> list[float]:
+        import torch
+
+        if self._model is None:
+            raise RuntimeError("prefer() after close()")
+        encoded = [
+            self._encode(p, a, b) for p, a, b in zip(prompts, responses_a, responses_b, strict=True)
+        ]
+        pad = self._tokenizer.pad_token_id or 0
+        out = [0.5] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            width = max(len(encoded[i]) for i in index)
+            ids = torch.full((len(index), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(index), width), dtype=torch.long)
+            for k, i in enumerate(index):
+                ids[k, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
+                mask[k, : len(encoded[i])] = 1
+            with torch.inference_mode():
+                logits = self._model(ids.to(self._device), mask.to(self._device))
+            for i, v in zip(index, torch.sigmoid(logits.float()).tolist(), strict=True):
+                out[i] = float(v)
+        return checked_probabilities(out, len(encoded), f"PairRM {self.model_path}")
 
     def close(self) -> None:
         if self._model is None:

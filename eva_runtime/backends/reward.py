@@ -145,13 +145,18 @@ def _pairwise(
         if not model:
             raise ValueError("pairwise preference 'ranker' needs a model")
         from ..models import resolve_model
+        from .pairwise import PairRMPreference, is_pairrm
 
-        pref = RankerPreference(
-            resolve_model(model, trust_remote_code=trust_remote_code),
-            batch_size=batch_size,
-            max_length=max_length,
-            trust_remote_code=trust_remote_code,
-        )
+        path = resolve_model(model, trust_remote_code=trust_remote_code)
+        if is_pairrm(path):
+            pref = PairRMPreference(path, batch_size=batch_size)
+        else:
+            pref = RankerPreference(
+                path,
+                batch_size=batch_size,
+                max_length=max_length,
+                trust_remote_code=trust_remote_code,
+            )
     else:
         raise ValueError(f"unknown pairwise preference {source!r}; choose ranker, judge or python")
     return PairwiseReward(pref, both_orders=both_orders)

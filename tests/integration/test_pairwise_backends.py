@@ -116,3 +116,56 @@ def test_the_judge_is_asked_again_then_counts_a_tie() -> None:
         assert pref.prefer(["p"], ["a"], ["b"]) == [0.5]
         assert pref.unparsed == 1 and len(stub.requests) == 2
         generator.close()
+
+
+def _pairrm_by_hand(folder: Path, ids: list[int]) -> float:
+    """PairRM's forward written out from the checkpoint's tensors, independently of eva."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, DebertaV2Model
+
+    config = AutoConfig.from_pretrained(str(folder))
+    tensors = load_file(str(folder / "model.safetensors"))
+    encoder = DebertaV2Model(config).eval()
+    prefix = "pretrained_model."
+    encoder.load_state_dict(
+        {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    )
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        h = encoder(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state[0]
+
+    def head(v: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(v @ tensors["head_layer.1.weight"].T + tensors["head_layer.1.bias"])
+        return hidden @ tensors["head_layer.4.weight"].T + tensors["head_layer.4.bias"]
+
+    src, c1, c2 = (ids.index(t) for t in (config.source_prefix_id, config.cand1_prefix_id,
+                                          config.cand2_prefix_id))  # fmt: skip
+    logit = (head(torch.cat([h[src], h[c1]])) - head(torch.cat([h[src], h[c2]]))).mean()
+    return float(torch.sigmoid(logit))
+
+
+def test_pairrm_checkpoints_load_natively(tiny_pairrm: Path) -> None:
+    """A checkpoint in PairRM's layout is recognised and scored exactly as its head defines,
+    in batches of any size, through make_reward_model too."""
+    from eva_runtime.backends.pairwise import PairRMPreference, is_pairrm
+
+    assert is_pairrm(str(tiny_pairrm)) and not is_pairrm(str(tiny_pairrm.parent))
+    pref = PairRMPreference(str(tiny_pairrm), batch_size=2)
+    a, b = ANSWERS, ANSWERS[::-1]
+    probs = pref.prefer(PROMPTS, a, b)
+    for i in range(len(PROMPTS)):
+        ids = pref._encode(PROMPTS[i], a[i], b[i])
+        assert probs[i] == pytest.approx(_pairrm_by_hand(tiny_pairrm, ids), abs=1e-5)
+    assert max(probs) - min(probs) > 0.05
+    # Long inputs: the source keeps at most 1224 tokens, each part keeps its tag.
+    long = pref._encode("word " * 3000, "answer " * 3000, "other " * 3000)
+    assert len(long) <= 2048
+    tags = [pref._model.config.source_prefix_id, pref._model.config.cand1_prefix_id,
+            pref._model.config.cand2_prefix_id]  # fmt: skip
+    assert all(long.count(t) == 1 for t in tags)
+    pref.close()
+    reward = make_reward_model("pairwise", model=str(tiny_pairrm))
+    assert isinstance(reward, PairwiseReward)
+    assert isinstance(reward.preference, PairRMPreference)
+    assert len(set(reward.score(PROMPTS, ANSWERS))) > 2
