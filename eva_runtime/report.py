@@ -31,6 +31,7 @@ import yaml
 
 from eva_runtime.artifacts import PREPARE, RunDir, write_output
 from eva_runtime.spec import steps_for
+from eva_runtime.status import HEAD_TO_HEAD
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -351,6 +352,14 @@ class _Run:
     def counts(self, t: int, step: str) -> dict[str, Any]:
         sd = self.rd.step(t, step)
         return sd.summary().get("counts", {}) if sd.complete() else {}
+
+    def head_to_head(self) -> bool:
+        """Whether the evaluations compared policies directly (a pairwise reward)."""
+        for t in self.iterations:
+            sd = self.rd.step(t, "evaluate")
+            if sd.complete():
+                return bool(sd.summary().get("comparison") == HEAD_TO_HEAD)
+        return False
 
     def seconds(self, t: int, step: str) -> float | None:
         sd = self.rd.step(t, step)
@@ -713,7 +722,17 @@ def _heldout_section(run: _Run) -> str:
     table = _table(["policy", "held-out reward", "s.e.", "win rate vs previous"], rows, text={0})
     missing = run.missing_for("evaluate")
     extra = _missing("Not yet evaluated: " + ", ".join(missing)) if missing else ""
+    if run.head_to_head():
+        extra = f'<p class="note">{HEAD_TO_HEAD_NOTE}</p>' + extra
     return _section("heldout", title, _figs(*images) + table + extra)
+
+
+HEAD_TO_HEAD_NOTE = (
+    "Pairwise reward: each new policy's answers were compared head to head with the previous "
+    "policy's, so an iteration's held-out reward is P(new beats previous) and the one before "
+    "it is its complement. The points are a chain of duels, each against its predecessor, "
+    "not levels on one scale."
+)
 
 
 BENCH_NOTE = (

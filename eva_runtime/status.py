@@ -69,6 +69,11 @@ class BenchScore(_Status):
     errors: int | None = Field(default=None, description="Judge requests that failed.")
 
 
+# The evaluate marker's "comparison" when the two policies were compared directly (a pairwise
+# reward): each iteration's held-out reward is then P(new beats previous).
+HEAD_TO_HEAD = "head-to-head"
+
+
 def bench_key(name: str, field: str, base: bool = False) -> str:
     """The count (and MLflow metric) name of one benchmark result: ``bench/<name>/<field>``,
     ``base_<field>`` for the base policy."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from eva_runtime.artifacts import RunDir
 from eva_runtime.progress import console
-from eva_runtime.status import bench_results
+from eva_runtime.status import HEAD_TO_HEAD, bench_results
 
 # (key of a summary row, column title): the runner's table and the HTML report share them.
 SUMMARY_COLUMNS = [
@@ -51,10 +51,17 @@ def summary_rows(rd: RunDir, iterations: int) -> list[dict[str, Any]]:
                 "heldout_before": ev.get("reward_previous"),
                 "heldout_after": ev.get("reward_new"),
                 "win_rate": ev.get("win_rate"),
+                "head_to_head": _head_to_head(rd, t),
                 "benchmarks": bench_results(counts(t, "benchmark")),
             }
         )
     return rows
+
+
+def _head_to_head(rd: RunDir, t: int) -> bool:
+    """Whether iteration t's evaluation compared the policies directly (a pairwise reward)."""
+    sd = rd.step(t, "evaluate")
+    return sd.complete() and sd.summary().get("comparison") == HEAD_TO_HEAD
 
 
 # What a run spent, per iteration: (key, title, (step, counts key) summed). Runs are compared
@@ -128,7 +135,13 @@ def print_summary(rows: list[dict[str, Any]], path: Path) -> None:
     for r in rows:
         table.add_row(*(_fmt(r[k]) for k, _ in headers))
     console.print(table)
-    if rows and rows[0]["heldout_before"] is not None:
+    if rows and rows[0].get("head_to_head"):
+        # Each value is P(new beats previous): a chain of duels, not a curve on one scale.
+        console.print(
+            "held-out, head to head (P new policy beats the previous one): "
+            + "  ".join(f"iter {r['iteration']} {_fmt(r['win_rate'])}" for r in rows)
+        )
+    elif rows and rows[0]["heldout_before"] is not None:
         curve = [rows[0]["heldout_before"]] + [r["heldout_after"] for r in rows]
         labels = ["base"] + [f"iter {r['iteration']}" for r in rows]
         console.print(

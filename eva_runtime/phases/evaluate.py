@@ -22,6 +22,7 @@ from eva_runtime.artifacts import write_parquet
 from eva_runtime.phases.context import Context, derive_seed
 from eva_runtime.phases.generate import generate_and_score
 from eva_runtime.progress import note, task
+from eva_runtime.status import HEAD_TO_HEAD
 
 
 def win_rate(new: np.ndarray, old: np.ndarray) -> float:
@@ -136,4 +137,5 @@ def run_evaluate(ctx: Context, iteration: int) -> dict:
         f"iter {iteration} evaluate: held-out reward {counts['reward_previous']:.4f} -> "
         f"{counts['reward_new']:.4f}, win rate {counts['win_rate']:.3f}"
     )
-    return sd.finish(counts)
+    # Under a pairwise reward each iteration's held-out reward is relative to its predecessor.
+    return sd.finish(counts, **({"comparison": HEAD_TO_HEAD} if pairwise else {}))

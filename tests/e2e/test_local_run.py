@@ -40,6 +40,8 @@ def test_one_eva_iteration_runs_every_step(tmp_path: Path, tiny_model: Path) -> 
         rd.step(0, "generate").path / "shard-00000-of-00001" / "rollouts.parquet"
     )
     assert len(rollouts) == 12 * 3 and rollouts["reward"].notna().all()
+    assert "preferences" not in rollouts  # a pointwise reward keeps no matrix
+    assert "comparison" not in rd.step(0, "evaluate").summary()
 
     create = rd.step(0, "create")
     c = create.summary()["counts"]
@@ -164,6 +166,13 @@ def test_pairwise_ranker_rewards_and_sppo_run_two_iterations(
         assert (both["reward_n"] + both["reward_p"]).to_numpy() == pytest.approx(1.0)
         assert ev["win_rate"] == pytest.approx(new["reward"].mean())
         assert ev["reward_new"] + ev["reward_previous"] == pytest.approx(1.0)
+    # The summary and the report say the held-out values are duels, not one curve.
+    from eva_runtime.report import HEAD_TO_HEAD_NOTE, write_report
+    from eva_runtime.summary import summary_rows
+
+    assert [r["head_to_head"] for r in summary_rows(rd, 2)] == [True, True]
+    page = write_report(result.run_dir, tmp_path / "report.html").read_text()
+    assert HEAD_TO_HEAD_NOTE.split(",")[0] in page
 
 
 def test_pairwise_python_preference_with_dpo(tmp_path: Path, tiny_model: Path) -> None:
@@ -179,8 +188,8 @@ def test_pairwise_python_preference_with_dpo(tmp_path: Path, tiny_model: Path) -
     assert train["pairs"] > 0 and train["trained"] == 1
     pairs = pd.read_parquet(rd.step(0, "train").path / "pairs.parquet")
     assert "chosen_prob" not in pairs  # only sppo reads them
-    ev = rd.step(0, "evaluate").summary()["counts"]
-    assert 0.0 <= ev["win_rate"] <= 1.0
+    ev = rd.step(0, "evaluate").summary()
+    assert 0.0 <= ev["counts"]["win_rate"] <= 1.0 and ev["comparison"] == "head-to-head"
 
 
 def test_rerunning_a_complete_run_does_nothing(tmp_path: Path, tiny_model: Path) -> None:
