@@ -218,11 +218,14 @@ def train_in_this_process(
     output_dir: str,
     settings: TrainSettings,
     on_log: Callable[[dict], None] | None = None,
+    dataset_dir: str | None = None,
 ) -> TrainResult:
     """Run training in the current process; each launched worker runs exactly this too.
 
     Under a distributed launch every rank calls it; only the main rank writes the
     policy folder and reports logs, the others take part in the collectives.
+    ``dataset_dir`` is the pairs as a saved dataset that every rank reads (see
+    ``_train_launched``); without it the dataset is built in memory from ``records``.
     """
     records = _validated_pairs(records)
     history: list[dict] = []
@@ -237,6 +240,7 @@ def train_in_this_process(
             settings=settings,
             scratch_dir=scratch,
             callbacks=[_log_callback(history, on_log)],
+            dataset_dir=dataset_dir,
         )
         try:
             output = trainer.train()
@@ -511,6 +515,7 @@ def _build_trainer(
     settings: TrainSettings,
     scratch_dir: str,
     callbacks: Sequence[TrainerCallback] = (),
+    dataset_dir: str | None = None,
 ) -> Trainer:
     """Assemble the TRL trainer for ``settings.algorithm`` around the start policy."""
     import torch
@@ -531,7 +536,12 @@ def _build_trainer(
 
     dtype = _load_dtype(settings, precision)
     policy = _load_causal_lm(model_path, dtype)
-    dataset = Dataset.from_list([_conversational(r) for r in records])
+    if dataset_dir is not None:
+        from datasets import load_from_disk
+
+        dataset = load_from_disk(dataset_dir)
+    else:
+        dataset = Dataset.from_list([_conversational(r) for r in records])
     peft_config = _lora_config(settings.lora)
     common: dict[str, Any] = {
         "args": args,
@@ -779,17 +789,23 @@ def _train_launched(
         pairs_file.write_text("".join(json.dumps(dict(r)) + "\n" for r in records))
         result_file = job / "result.json"
         job_file = job / "job.json"
-        job_file.write_text(
-            json.dumps(
-                {
-                    "model_path": str(model_path),
-                    "output_dir": str(Path(output_dir).resolve()),
-                    "settings": settings_to_dict(worker_settings),
-                    "pairs_file": str(pairs_file),
-                    "result_file": str(result_file),
-                }
-            )
-        )
+        spec: dict[str, Any] = {
+            "model_path": str(model_path),
+            "output_dir": str(Path(output_dir).resolve()),
+            "settings": settings_to_dict(worker_settings),
+            "pairs_file": str(pairs_file),
+            "result_file": str(result_file),
+        }
+        if settings.algorithm == "sppo":
+            # TRL caches the precomputed reference log-probabilities in a file beside the
+            # dataset's, which every rank then reads: an in-memory dataset would put it in
+            # each process's own temporary folder. A dataset saved here is one folder for all.
+            from datasets import Dataset
+
+            dataset_dir = job / "dataset"
+            Dataset.from_list([_conversational(r) for r in records]).save_to_disk(dataset_dir)
+            spec["dataset_dir"] = str(dataset_dir)
+        job_file.write_text(json.dumps(spec))
         config_file = job / "accelerate_config.json"
         config_file.write_text(json.dumps(_accelerate_config(worker_settings, precision)))
         command = [

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=job["output_dir"],
         settings=settings_from_dict(job["settings"]),
         on_log=_emit,
+        dataset_dir=job.get("dataset_dir"),
     )
     # Only the main rank reports; the others only took part in the collectives.
     if int(os.environ.get("RANK", "0")) == 0:

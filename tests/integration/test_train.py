@@ -238,16 +238,21 @@ def test_dpo_reference_is_the_start_policy(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["dpo", "sppo"])
 def test_two_cpu_processes_train_and_save(
-    start_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, algorithm: str
 ) -> None:
+    """Data-parallel under accelerate; sppo's probabilities travel to the workers and its
+    reference log-probabilities are precomputed on both ranks."""
     _force_cpu(monkeypatch)
     out = tmp_path / "ddp"
     logged: list[dict] = []
-    settings = TrainSettings(**{**_fields(FAST), "num_processes": 2, "per_device_batch_size": 2})
+    settings = TrainSettings(
+        **{**_fields(FAST), "num_processes": 2, "per_device_batch_size": 2, "algorithm": algorithm}
+    )
 
     result = train_policy(
-        PAIRS,
+        PAIRS if algorithm == "dpo" else _with_probs(PAIRS, 0.8, 0.3),
         model_path=str(start_model),
         output_dir=str(out),
         settings=settings,
