@@ -23,6 +23,8 @@ import pandas as pd
 
 from eva_runtime.errors import StepError
 from eva_runtime.spec import ITERATION_STEPS, PREPARE
+from eva_runtime.timing import current as current_clock
+from eva_runtime.timing import timed
 
 MANIFEST = "evarun.yaml"  # the run's manifest, beside its artifacts
 _ITER = re.compile(r"iter-(\d+)")
@@ -100,10 +102,11 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def write_parquet(path: Path, frame: pd.DataFrame) -> str:
     """Write atomically; return the file's sha256 (the artifact digest)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_parquet(tmp, index=False, compression="zstd")
-    os.replace(tmp, path)
-    return sha256_file(path)
+    with timed("write"):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        frame.to_parquet(tmp, index=False, compression="zstd")
+        os.replace(tmp, path)
+        return sha256_file(path)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -204,16 +207,23 @@ class StepDir:
         return True
 
     def finish(self, counts: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        digests = {
-            str(p.relative_to(self.path)): sha256_file(p)
-            for p in sorted(self.path.rglob("*"))
-            if p.is_file() and p.name != SUCCESS and not p.name.startswith(".")
-        }
+        with timed("write"):  # hashing a saved model takes a while
+            digests = {
+                str(p.relative_to(self.path)): sha256_file(p)
+                for p in sorted(self.path.rglob("*"))
+                if p.is_file() and p.name != SUCCESS and not p.name.startswith(".")
+            }
+        seconds = round(time.time() - self._started, 3)
+        timings: dict[str, Any] = {"started": self._started, "seconds": seconds}
+        clock = current_clock()
+        if clock is not None:  # where the time went: see eva_runtime.timing
+            timings["phases"] = clock.breakdown(seconds)
+            timings["loads"] = clock.loads
         summary = {
             "counts": counts,
             "digests": digests,
             "sizes": {rel: (self.path / rel).stat().st_size for rel in digests},
-            "timings": {"started": self._started, "seconds": round(time.time() - self._started, 3)},
+            "timings": timings,
             **extra,
         }
         atomic_write_json(self.marker, summary)

@@ -97,6 +97,16 @@ class StepMetrics:
         self._duration = Gauge(
             "eva_step_duration_seconds", "Wall time of the step, once it ended.", base, registry=r
         )
+        self._part_seconds = Gauge(
+            "eva_step_phase_seconds",
+            "Seconds of the step spent per part (load, generate, score, evolve, train, write, "
+            "other), once it ended.",
+            (*base, "phase"),
+            registry=r,
+        )
+        self._loads = Gauge(
+            "eva_step_model_loads", "Models the step loaded, once it ended.", base, registry=r
+        )
         self._status = Gauge(
             "eva_step_status",
             "1 for the step's current status (running, succeeded, failed), else 0.",
@@ -201,6 +211,13 @@ class StepMetrics:
         self._status.labels(**self.labels, status="running").set(0)
         self._status.labels(**self.labels, status=status).set(1)
 
+    def step_parts(self, timings: dict[str, Any]) -> None:
+        """Where the step's time went, from the ``timings`` its marker records."""
+        for part, seconds in (timings.get("phases") or {}).items():
+            self._part_seconds.labels(**self.labels, phase=part).set(float(seconds))
+        if "loads" in timings:
+            self._loads.labels(**self.labels).set(int(timings["loads"]))
+
     # --- exposition ----------------------------------------------------------------------------
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
@@ -277,6 +294,9 @@ class NullMetrics:
         pass
 
     def step_finished(self, status: str) -> None:
+        pass
+
+    def step_parts(self, timings: dict[str, Any]) -> None:
         pass
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:

@@ -32,6 +32,7 @@ import yaml
 from eva_runtime.artifacts import PREPARE, RunDir, write_output
 from eva_runtime.spec import steps_for
 from eva_runtime.status import HEAD_TO_HEAD
+from eva_runtime.timing import STEP_PARTS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -361,6 +362,12 @@ class _Run:
                 return bool(sd.summary().get("comparison") == HEAD_TO_HEAD)
         return False
 
+    def time_parts(self, t: int, step: str) -> dict[str, float] | None:
+        """Seconds per part of a complete step (None for a step recorded without them)."""
+        sd = self.rd.step(t, step)
+        parts = _get(sd.summary(), "timings", "phases") if sd.complete() else None
+        return parts if isinstance(parts, dict) else None
+
     def seconds(self, t: int, step: str) -> float | None:
         sd = self.rd.step(t, step)
         return _get(sd.summary(), "timings", "seconds") if sd.complete() else None
@@ -606,7 +613,42 @@ def _summary_section(run: _Run) -> str:
         timing_rows.append([str(t), *(_num(v, 1) for v in secs), _num(total, 1)])
     parts.append("<h3>Step times (seconds)</h3>")
     parts.append(_table(["iter", *run.steps, "total"], timing_rows))
+    parts.append(_time_parts_figure(run))
     return _section("summary", "Summary", "".join(parts))
+
+
+def _time_parts_figure(run: _Run) -> str:
+    """A stacked bar per step and iteration: where the step's time went (eva_runtime.timing)."""
+    bars = [
+        (f"{t}/{s}", p)
+        for t in run.iterations
+        for s in run.steps
+        if (p := run.time_parts(t, s)) is not None
+    ]
+    if not bars:
+        return ""
+    fig, ax = _figure(height=max(FIG_H, 0.28 * len(bars) + 1.2))
+    left = [0.0] * len(bars)
+    for k, part in enumerate(STEP_PARTS):
+        widths = [float(p.get(part, 0.0)) for _, p in bars]
+        if not any(widths):
+            continue
+        color = COLORS[k % len(COLORS)] if part != "other" else "#bbbbbb"
+        ax.barh(range(len(bars)), widths, left=left, color=color, label=part, height=0.7)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.set_yticks(range(len(bars)))
+    ax.set_yticklabels([label for label, _ in bars], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title("Where each step's time went")
+    ax.legend(loc="lower right", fontsize=8)
+    note = (
+        '<p class="note">Per step and iteration: model loading, generation, scoring (reward '
+        "model or judge), evolving, training, writing (files and their digests); other is "
+        "the rest (reading inputs, bookkeeping). A launched (multi-process) training counts "
+        "whole as training.</p>"
+    )
+    return _figs(_img(fig, "step time by part")) + note
 
 
 def _reward_section(run: _Run) -> str:

@@ -458,6 +458,13 @@ class Tracker:
         t = step.iteration
         rid = self._iteration_run(client, state, srv, step)
         metrics = _count_metrics(step.name, counts, t, ts)
+        # Where the step's time went: <step>/seconds_<part> (eva_runtime.timing).
+        parts = (summary.get("timings") or {}).get("phases") or {}
+        metrics += [
+            _metric(f"{step.name}/seconds_{k}", v, ts, t)
+            for k, v in sorted(parts.items())
+            if _is_number(v)
+        ]
         parent_metrics = [
             _metric(_PARENT_METRICS[(step.name, k)], v, ts, t)
             for k, v in counts.items()

@@ -20,6 +20,7 @@ from eva_runtime.bench.formats import Question
 from eva_runtime.bench.judge import JsonlStore, Judge, Messages, Outcome, judge_all
 from eva_runtime.errors import InputError
 from eva_runtime.progress import note, task, warn
+from eva_runtime.timing import timed
 
 RESULT = "result.json"
 Ask = Callable[[list[Messages], Callable[[str], Any]], list[Outcome]]
@@ -131,7 +132,8 @@ def model_answers(
                         max_new_tokens=cfg.max_new_tokens,
                         seed=cfg.seed,
                     )
-                    results = generator.generate(convs, params, on_progress=advance)
+                    with timed("generate"):
+                        results = generator.generate(convs, params, on_progress=advance)
                     for q, res in zip(group, results, strict=True):
                         c = res[0]
                         tokens += c.num_tokens
@@ -313,15 +315,16 @@ def run_bench(
     )
 
     def ask(asks: list[Messages], parse: Callable[[str], Any]) -> list[Outcome]:
-        return judge_all(
-            judge,
-            store,
-            asks,
-            parse,
-            parse_retries=cfg.parse_retries,
-            seed=cfg.seed,
-            label=f"{label}: judging",
-        )
+        with timed("score"):  # the judge's work
+            return judge_all(
+                judge,
+                store,
+                asks,
+                parse,
+                parse_retries=cfg.parse_retries,
+                seed=cfg.seed,
+                label=f"{label}: judging",
+            )
 
     protocol = {"arena-hard": _arena, "mt-bench": _mt_bench, "alpaca-eval": _alpaca_eval}
     stats, details, outcomes = protocol[cfg.suite](cfg, questions, answers, refs, ask)

@@ -24,6 +24,8 @@ def run_phase(
     ``metrics_port`` when given); at the end they are pushed to ``pushgateway`` if set.
     """
     from eva_runtime.metrics import StepMetrics, activate
+    from eva_runtime.timing import StepClock
+    from eva_runtime.timing import activate as timing
 
     metrics = StepMetrics(
         run=ctx.run.name,
@@ -36,9 +38,12 @@ def run_phase(
         metrics.serve(metrics_port)
     status = "failed"
     try:
-        with activate(metrics):
+        clock = StepClock()
+        with activate(metrics), timing(clock):
             metrics.step_started()
             summary = _dispatch(ctx, phase, iteration, shard, num_shards)
+        # This call's own time (a shard's, not the merged step's; ~0 for a step already done).
+        metrics.step_parts({"phases": clock.breakdown(), "loads": clock.loads})
         status = "succeeded"
         return summary
     finally:

@@ -17,6 +17,7 @@ import pandas as pd
 from eva_runtime.artifacts import RunDir, StepDir
 from eva_runtime.errors import StepError
 from eva_runtime.spec import EvaRun, EvaRunSpec, OpenAIEndpoint
+from eva_runtime.timing import STEP_PARTS, split_seconds, timed
 
 ROLLOUT_COLUMNS = (
     "order",
@@ -123,6 +124,10 @@ class Context:
         return "transformers"
 
     def policy_generator(self, model_path: str, iteration: int) -> Any:
+        with timed("load"):
+            return self._policy_generator(model_path, iteration)
+
+    def _policy_generator(self, model_path: str, iteration: int) -> Any:
         from eva_runtime.backends.generation import make_generator
 
         gen = self.spec.generation
@@ -147,6 +152,10 @@ class Context:
         )
 
     def evolver_generator(self, policy_path: str, iteration: int) -> Any:
+        with timed("load"):
+            return self._evolver_generator(policy_path, iteration)
+
+    def _evolver_generator(self, policy_path: str, iteration: int) -> Any:
         from eva_runtime.backends.generation import make_generator
         from eva_runtime.models import resolve_model
 
@@ -170,6 +179,10 @@ class Context:
         )
 
     def reward_model(self) -> Any:
+        with timed("load"):
+            return self._reward_model()
+
+    def _reward_model(self) -> Any:
         from eva_runtime.backends.generation import make_generator
         from eva_runtime.backends.reward import make_reward_model
         from eva_runtime.models import resolve_model
@@ -274,12 +287,26 @@ def finalize_sharded(run_dir: RunDir, iteration: int, step: str, num_shards: int
         "digests": digests,
         "sizes": sizes,
         "num_shards": num_shards,
-        "timings": {"seconds": round(sum(s["timings"]["seconds"] for s in shards), 3)},
+        "timings": merged_timings([s.get("timings") or {} for s in shards]),
     }
     from eva_runtime.artifacts import atomic_write_json
 
     atomic_write_json(StepDir(sd.path).marker, summary)
     return summary
+
+
+def merged_timings(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """A sharded step's timings: the shards' seconds, parts and model loads added up."""
+    seconds = round(sum(float(t.get("seconds", 0.0)) for t in shards), 3)
+    parts = {
+        name: sum(float((t.get("phases") or {}).get(name, 0.0)) for t in shards)
+        for name in STEP_PARTS[:-1]
+    }
+    return {
+        "seconds": seconds,
+        "phases": split_seconds(parts, seconds),
+        "loads": sum(int(t.get("loads", 0)) for t in shards),
+    }
 
 
 def quantiles(values: np.ndarray) -> dict[str, float]:

@@ -35,6 +35,7 @@ from eva_runtime.metrics import current as current_metrics
 from eva_runtime.phases.context import Context, derive_seed, quantiles, reward_matrix
 from eva_runtime.progress import note, task, warn
 from eva_runtime.solver.pairs import preference_pairs
+from eva_runtime.timing import timed
 
 LINEAGE = ["prompt_id", "prompt", "parent_id", "root_id", "method", "iteration", "depth", "origin"]
 
@@ -164,7 +165,7 @@ def _evolve(
     policy = ctx.policy_path(iteration)
     generator = ctx.evolver_generator(policy, iteration)
     try:
-        with task(f"iter {iteration} create: evolving", len(requests)) as advance:
+        with task(f"iter {iteration} create: evolving", len(requests)) as advance, timed("evolve"):
             replies = generator.generate(requests, params, on_progress=advance)
     finally:
         generator.close()

@@ -23,6 +23,7 @@ from eva_runtime.phases.context import Context, derive_seed
 from eva_runtime.phases.generate import generate_and_score
 from eva_runtime.progress import note, task
 from eva_runtime.status import HEAD_TO_HEAD
+from eva_runtime.timing import timed
 
 
 def win_rate(new: np.ndarray, old: np.ndarray) -> float:
@@ -39,7 +40,7 @@ def compared(
     paired = new[[*key, "prompt", "response"]].merge(
         prev[[*key, "response"]], on=key, suffixes=("_new", "_prev")
     )
-    with task(f"{label}: comparing", len(paired)) as advance:
+    with task(f"{label}: comparing", len(paired)) as advance, timed("score"):
         probs = rm.compare(
             paired["prompt"].tolist(),
             paired["response_new"].tolist(),

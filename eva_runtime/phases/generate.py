@@ -24,6 +24,7 @@ from eva_runtime.phases.context import (
     finalize_sharded,
 )
 from eva_runtime.progress import note, task
+from eva_runtime.timing import timed
 
 if TYPE_CHECKING:
     from eva_runtime.backends.protocol import SamplingParams
@@ -71,9 +72,10 @@ def generate_and_score(
                 advance(k)
                 metrics.prompts_done(k)
 
-            completions = generator.generate(
-                texts, params, system=ctx.spec.generation.system_prompt, on_progress=progressed
-            )
+            with timed("generate"):
+                completions = generator.generate(
+                    texts, params, system=ctx.spec.generation.system_prompt, on_progress=progressed
+                )
     finally:
         generator.close()
     metrics.tokens_generated(sum(c.num_tokens for outs in completions for c in outs))
@@ -90,7 +92,7 @@ def generate_and_score(
     rm = reward_model if reward_model is not None else ctx.reward_model()
     preferences = None
     try:
-        with task(f"{label}: scoring", len(frame)) as advance:
+        with task(f"{label}: scoring", len(frame)) as advance, timed("score"):
             texts, answers = frame["prompt"].tolist(), frame["response"].tolist()
             if hasattr(rm, "score_with_matrix"):  # pairwise: keep the preference matrix too
                 scores, preferences = rm.score_with_matrix(texts, answers, on_progress=advance)

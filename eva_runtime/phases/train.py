@@ -23,6 +23,7 @@ from eva_runtime.metrics import current as current_metrics
 from eva_runtime.phases.context import Context, reward_matrix
 from eva_runtime.progress import note, task, warn
 from eva_runtime.solver.pairs import preference_pairs, win_probabilities
+from eva_runtime.timing import timed
 
 if TYPE_CHECKING:
     from eva_runtime.solver.train import TrainSettings
@@ -163,7 +164,8 @@ def run_train(ctx: Context, iteration: int) -> dict:
                 f"iteration {iteration}: no preference pairs to train on, and the policy "
                 f"{policy!r} is not a local folder that could be carried over"
             )
-        shutil.copytree(policy, sd.path / "model")
+        with timed("write"):
+            shutil.copytree(policy, sd.path / "model")
         return sd.finish({**counts, "steps": 0, "trained": 0, "train_tokens": 0}, policy=policy)
     from eva_runtime.solver.train import pair_tokens, train_policy
 

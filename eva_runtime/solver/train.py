@@ -51,6 +51,7 @@ from eva_runtime.spec import (
     DeepSpeedMode,
     Precision,
 )
+from eva_runtime.timing import timed
 
 if TYPE_CHECKING:
     import torch
@@ -202,9 +203,15 @@ def train_policy(
     records = _validated_pairs(pairs)
     _check_start_folder(model_path)
     if settings.num_processes > 1 or settings.deepspeed != "none":
-        result = _train_launched(
-            records, model_path=model_path, output_dir=output_dir, settings=settings, on_log=on_log
-        )
+        # The workers load, train and save out of this process's sight: all of it is "train".
+        with timed("train"):
+            result = _train_launched(
+                records,
+                model_path=model_path,
+                output_dir=output_dir,
+                settings=settings,
+                on_log=on_log,
+            )
         return dataclasses.replace(result, model_dir=str(Path(output_dir)))
     return train_in_this_process(
         records, model_path=model_path, output_dir=output_dir, settings=settings, on_log=on_log
@@ -234,17 +241,22 @@ def train_in_this_process(
     # of one process (a library caller, the tests' in-process pods) would break each other,
     # so they take turns. A step pod trains once; nothing waits there.
     with _ONE_TRAINING, tempfile.TemporaryDirectory(prefix="eva-train-") as scratch:
-        trainer = _build_trainer(
-            records,
-            model_path=model_path,
-            settings=settings,
-            scratch_dir=scratch,
-            callbacks=[_log_callback(history, on_log)],
-            dataset_dir=dataset_dir,
-        )
+        with timed("load"):  # the policy, the reference and the tokenised pairs
+            trainer = _build_trainer(
+                records,
+                model_path=model_path,
+                settings=settings,
+                scratch_dir=scratch,
+                callbacks=[_log_callback(history, on_log)],
+                dataset_dir=dataset_dir,
+            )
         try:
-            output = trainer.train()
-            _save_policy(trainer, model_path=model_path, output_dir=output_dir, settings=settings)
+            with timed("train"):
+                output = trainer.train()
+            with timed("write"):
+                _save_policy(
+                    trainer, model_path=model_path, output_dir=output_dir, settings=settings
+                )
         finally:
             _release(trainer)
     accuracies = [h["rewards/accuracies"] for h in history if "rewards/accuracies" in h]

@@ -41,6 +41,18 @@ def test_one_eva_iteration_runs_every_step(tmp_path: Path, tiny_model: Path) -> 
     )
     assert len(rollouts) == 12 * 3 and rollouts["reward"].notna().all()
     assert "preferences" not in rollouts  # a pointwise reward keeps no matrix
+    # Where each step's time went: every part, adding up to the step's seconds; the models
+    # each step loaded (generate: the policy and the reward model).
+    from eva_runtime.timing import STEP_PARTS
+
+    for step in ("generate", "create", "generate-evolved", "train", "evaluate"):
+        timings = rd.step(0, step).summary()["timings"]
+        assert list(timings["phases"]) == list(STEP_PARTS), step
+        assert sum(timings["phases"].values()) == pytest.approx(timings["seconds"], abs=0.01)
+    parts = {s: rd.step(0, s).summary()["timings"] for s in ("generate", "train", "create")}
+    assert parts["generate"]["loads"] == 2 and parts["generate"]["phases"]["generate"] > 0
+    assert parts["train"]["loads"] == 1 and parts["train"]["phases"]["train"] > 0
+    assert parts["create"]["phases"]["evolve"] > 0
     assert "comparison" not in rd.step(0, "evaluate").summary()
 
     create = rd.step(0, "create")

@@ -81,5 +81,13 @@ def test_prometheus_sees_a_running_step_and_the_gateway_forgets_the_run(
             # The last step's group lives too briefly for a 1 s scrape to be sure to see it.
             pushed = series(prometheus, 'eva_step_status{job="eva",run="watched"}')
             assert {s["step"] for s in pushed} >= {"prepare", "generate", "train"}
+            # Where each step's time went, pushed with it: training's time is mostly training.
+            parts = series(prometheus, 'eva_step_phase_seconds{job="eva",run="watched"}')
+            assert {s["phase"] for s in parts} >= {"load", "generate", "score", "train", "other"}
+            trained = query(
+                prometheus,
+                'eva_step_phase_seconds{job="eva",run="watched",step="train",phase="train"}',
+            )
+            assert trained and float(trained[0]["value"][1]) > 0
             left = [g for g in pushgateway_groups(gateway) if g["labels"].get("run") == "watched"]
             assert left == []

@@ -229,6 +229,11 @@ def test_sync_mirrors_the_run_directory_into_mlflow(
         assert any(k.startswith("create/dropped") for k in expected)
         got = {k: v for k, v in r.data.metrics.items() if k in expected}
         assert got == pytest.approx(expected), t
+        # Where each step's time went, as <step>/seconds_<part> from its marker.
+        for s in STEPS:
+            marker = json.loads((run_dir / f"iter-{t}" / s / "_SUCCESS.json").read_text())
+            for part, seconds in marker["timings"]["phases"].items():
+                assert r.data.metrics[f"{s}/seconds_{part}"] == pytest.approx(seconds), (s, part)
         for key in expected:
             history = client.get_metric_history(r.info.run_id, key)
             assert [m.step for m in history] == [t], key
