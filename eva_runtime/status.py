@@ -53,6 +53,15 @@ class StepRecord(_Status):
         default=None, json_schema_extra=_time("When the step completed.")
     )
     seconds: float | None = Field(default=None, description="From its first Job to its end.")
+    queued_seconds: float | None = Field(
+        default=None, description="Its Job's creation to its first pod being scheduled."
+    )
+    startup_seconds: float | None = Field(
+        default=None, description="Scheduled to the container started (image pull, mounts)."
+    )
+    running_seconds: float | None = Field(
+        default=None, description="The first container's start to the last one's end."
+    )
 
 
 class BenchScore(_Status):

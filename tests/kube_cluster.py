@@ -433,6 +433,7 @@ class StandInNode:
     finished: list[tuple[str, int]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _tasks: dict[str, asyncio.Task] = field(default_factory=dict)
+    _scheduled: dict[str, str] = field(default_factory=dict)  # pod name -> bound at
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _loop: asyncio.Task | None = None
 
@@ -476,9 +477,14 @@ class StandInNode:
 
     async def _status(self, pod: dict[str, Any], phase: str, state: dict[str, Any]) -> None:
         container = pod["spec"]["containers"][0]
+        # As a scheduler would: the pod is bound once this kubelet first reports it.
+        scheduled = self._scheduled.setdefault(pod["metadata"]["name"], _now())
         status = {
             "phase": phase,
-            "startTime": (pod.get("status") or {}).get("startTime") or _now(),
+            "startTime": (pod.get("status") or {}).get("startTime") or scheduled,
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled}
+            ],
             "containerStatuses": [container_status(container, phase, state)],
         }
         code, data = await self.api.call("PATCH", self._path(pod), {"status": status})
@@ -526,7 +532,8 @@ class StandInNode:
             state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
             await self._status(pod, "Pending", state)
             return
-        await self._status(pod, "Running", {"running": {"startedAt": _now()}})
+        started_at = _now()
+        await self._status(pod, "Running", {"running": {"startedAt": started_at}})
         self.started.append(name)
         if outcome.kind == "hold":
             await outcome.release.wait()
@@ -551,7 +558,7 @@ class StandInNode:
             "exitCode": code,
             "reason": "Completed" if code == 0 else "Error",
             "message": message,
-            "startedAt": _now(),
+            "startedAt": started_at,
             "finishedAt": _now(),
         }
         await self._status(pod, "Succeeded" if code == 0 else "Failed", {"terminated": terminated})

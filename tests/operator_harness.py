@@ -419,6 +419,10 @@ class JobController:
             "spec": tmpl["spec"],
             "status": {
                 "phase": phase,
+                # Bound at once, as a scheduler with room would.
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()}
+                ],
                 "containerStatuses": [container_status(container, phase, state)],
             },
         }
@@ -435,6 +439,7 @@ class JobController:
             "exitCode": code,
             "reason": "Completed" if code == 0 else "Error",
             "message": message,
+            "startedAt": (c.get("state") or {}).get("running", {}).get("startedAt"),
             "finishedAt": now_rfc3339(),
         }
         await self._patch(

@@ -11,6 +11,7 @@ import contextlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from eva_operator.conditions import PHASES
+from eva_operator.plan import STEP_STAGES
 from eva_runtime.api import LABEL_SWEEP, LABEL_SWEEP_CELL
 from eva_runtime.spec import ITERATION_STEPS
 
@@ -41,6 +42,14 @@ class OperatorMetrics:
             "eva_operator_step_duration_seconds",
             "Wall time of each completed step, from Job creation to completion",
             ["step"],
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.step_stage = Histogram(
+            "eva_operator_step_stage_seconds",
+            "Each completed step's time by stage: queued (Job created to pod scheduled), "
+            "startup (scheduled to container started), running (container start to end)",
+            ["step", "stage"],
             buckets=STEP_BUCKETS,
             registry=r,
         )
@@ -98,6 +107,8 @@ class OperatorMetrics:
         for step in ("prepare", *ITERATION_STEPS):
             self.step_duration.labels(step)
             self.jobs_created.labels(step)
+            for stage in STEP_STAGES:
+                self.step_stage.labels(step, stage)
 
     def observe_run(self, namespace: str, name: str, status: dict) -> None:
         phase = status.get("phase")

@@ -98,6 +98,8 @@ class Actions:
     events: list[Event] = field(default_factory=list)
     # (step, seconds) for each step that just finished; (step, reason) for each failed Job.
     finished_steps: list[tuple[str, float]] = field(default_factory=list)
+    # (step, stage, seconds) of each step that just finished: queued, startup, running.
+    step_stages: list[tuple[str, str, float]] = field(default_factory=list)
     failed_jobs: list[tuple[str, str]] = field(default_factory=list)
 
     def changed(self, old_status: dict[str, Any]) -> bool:
@@ -128,6 +130,9 @@ class PodView:
     unschedulable: str = ""
     termination_message: str = ""
     exit_code: int | None = None
+    scheduled: str | None = None  # PodScheduled became True
+    started: str | None = None  # the container started
+    finished: str | None = None  # the container terminated
 
 
 # --------------------------------------------------------------------------- observing
@@ -192,6 +197,7 @@ def observe_pod(pod: dict[str, Any]) -> PodView:
     status = pod.get("status") or {}
     waiting_reason = waiting_message = termination = ""
     exit_code = None
+    started = finished = scheduled = None
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") != CONTAINER:
             continue
@@ -199,13 +205,19 @@ def observe_pod(pod: dict[str, Any]) -> PodView:
         if state.get("waiting"):
             waiting_reason = state["waiting"].get("reason", "")
             waiting_message = state["waiting"].get("message", "")
+        if state.get("running"):
+            started = state["running"].get("startedAt")
         if state.get("terminated"):
             termination = state["terminated"].get("message", "") or ""
             exit_code = state["terminated"].get("exitCode")
+            started = state["terminated"].get("startedAt") or started
+            finished = state["terminated"].get("finishedAt")
     unschedulable = ""
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             unschedulable = cond.get("message") or cond.get("reason") or "Unschedulable"
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "True":
+            scheduled = cond.get("lastTransitionTime")
     return PodView(
         name=meta.get("name", ""),
         job=labels.get("batch.kubernetes.io/job-name") or labels.get("job-name", ""),
@@ -216,7 +228,39 @@ def observe_pod(pod: dict[str, Any]) -> PodView:
         unschedulable=unschedulable,
         termination_message=termination,
         exit_code=exit_code,
+        scheduled=scheduled if isinstance(scheduled, str) else None,
+        started=started if isinstance(started, str) else None,
+        finished=finished if isinstance(finished, str) else None,
     )
+
+
+STEP_STAGES = ("queued", "startup", "running")
+
+
+def step_stages(job_created: str | None, pods: list[PodView]) -> dict[str, float]:
+    """What only the cluster sees of a finished step's Job, in seconds: ``queued`` (Job
+    created -> its first pod scheduled), ``startup`` (scheduled -> its container started:
+    image pull, volume mounts) and ``running`` (first container start -> last container end).
+    A stage whose timestamps are missing or out of order is left out."""
+
+    def earliest(values: list[str | None]) -> datetime | None:
+        times = [t for t in map(parse_time, values) if t is not None]
+        return min(times) if times else None
+
+    created = parse_time(job_created)
+    scheduled = earliest([p.scheduled for p in pods])
+    started = earliest([p.started for p in pods])
+    ends = [t for t in (parse_time(p.finished) for p in pods) if t is not None]
+    finished = max(ends) if ends else None
+    out: dict[str, float] = {}
+    for stage, a, b in (
+        ("queued", created, scheduled),
+        ("startup", scheduled, started),
+        ("running", started, finished),
+    ):
+        if a is not None and b is not None and b >= a:
+            out[stage] = round((b - a).total_seconds(), 1)
+    return out
 
 
 def step_summary(pods: list[PodView]) -> dict[str, Any]:
@@ -398,10 +442,12 @@ def plan(
         if job.state == "succeeded":
             summary = step_summary(mine)
             seconds = _seconds_since(status.get("stepStartTime"), now)
-            _record(status, er, t, step, name, attempt, summary, ts, seconds)
+            stages = step_stages(job.created, mine)
+            _record(status, er, t, step, name, attempt, summary, ts, seconds, stages)
             done.add(key)
             status["completed"] = [step_key(*k) for k in seq if step_key(*k) in done]
             acts.finished_steps.append((step, seconds))
+            acts.step_stages += [(step, stage, s) for stage, s in stages.items()]
             counts = summary.get("counts") or {}
             msg = f"iteration {t} step {step} complete" + _brief(step, counts)
             acts.events.append(Event("Normal", c.STEP_SUCCEEDED, msg))
@@ -629,6 +675,7 @@ def _again(
     nxt.delete[:0] = acts.delete
     nxt.create[:0] = acts.create
     nxt.finished_steps[:0] = acts.finished_steps
+    nxt.step_stages[:0] = acts.step_stages
     nxt.failed_jobs[:0] = acts.failed_jobs
     return nxt
 
@@ -760,6 +807,7 @@ def _record(
     summary: dict[str, Any],
     ts: str,
     seconds: float,
+    stages: dict[str, float] | None = None,
 ) -> None:
     """Fill the iteration's history entry from the step's summary."""
     history: list[dict[str, Any]] = status["history"]
@@ -773,6 +821,7 @@ def _record(
         "attempts": attempt + 1,
         "completionTime": ts,
         "seconds": round(seconds, 1),
+        **{f"{stage}Seconds": s for stage, s in (stages or {}).items()},
     }
     counts = summary.get("counts") or {}
     for src, dst in HISTORY_FIELDS.get(step, {}).items():

@@ -204,6 +204,8 @@ class Reconciler:
                 log.info("event %s for %s/%s not posted: %s", ev.reason, namespace, name, exc)
         for step, seconds in acts.finished_steps:
             self.metrics.step_duration.labels(step).observe(seconds)
+        for step, stage, seconds in acts.step_stages:
+            self.metrics.step_stage.labels(step, stage).observe(seconds)
         for step, reason in acts.failed_jobs:
             self.metrics.jobs_failed.labels(step, reason).inc()
         self.metrics.observe_run(namespace, name, acts.status)

@@ -85,6 +85,14 @@ async def test_an_evarun_runs_to_succeeded_through_two_iterations(env) -> None:
     assert metric(op, "eva_operator_jobs_created_total", step="generate") == 2
     await wait_for(lambda: metric(op, "eva_operator_runs", phase="Succeeded") == 1, 10, "metric")
     assert metric(op, "eva_operator_step_duration_seconds_count", step="train") == 2
+    # What only the cluster sees, per step: queued, startup, running (whole seconds, as the
+    # API's timestamps are), in the history and the stage histogram.
+    for h in status["history"]:
+        for record in h["steps"].values():
+            assert {"queuedSeconds", "startupSeconds", "runningSeconds"} <= set(record)
+            assert min(record["queuedSeconds"], record["runningSeconds"]) >= 0
+    for stage in ("queued", "startup", "running"):
+        assert metric(op, "eva_operator_step_stage_seconds_count", step="train", stage=stage) == 2
 
 
 async def test_pairwise_rewards_and_sppo_run_through_the_operator(env) -> None:

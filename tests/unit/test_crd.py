@@ -312,7 +312,10 @@ def test_status_schema_is_generated_from_the_status_model() -> None:
     assert "x-kubernetes-preserve-unknown-fields" not in history
     assert history["required"] == ["iteration"]
     steps = history["properties"]["steps"]["additionalProperties"]
-    assert set(steps["properties"]) == {"job", "attempts", "completionTime", "seconds"}
+    assert set(steps["properties"]) == {
+        "job", "attempts", "completionTime", "seconds",
+        "queuedSeconds", "startupSeconds", "runningSeconds",
+    }  # fmt: skip
     assert props["completed"]["items"] == {"type": "string"}
     assert not any("preserve-unknown" in str(node) for _, node in walk(status))
 

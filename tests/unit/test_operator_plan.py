@@ -54,9 +54,12 @@ def pod(job: str, i: int, phase: str, message: Any = "", created: datetime = T0,
     """A step pod; kw: waiting=(reason, message), unschedulable=scheduler message."""
     waiting, unschedulable = kw.get("waiting"), kw.get("unschedulable")
     state: dict[str, Any] = {}
+    times = kw.get("times")  # (scheduled, started, finished) as datetimes
     if phase in ("Succeeded", "Failed"):
         text = message if isinstance(message, str) else json.dumps(message)
         state = {"terminated": {"exitCode": 0 if phase == "Succeeded" else 1, "message": text}}
+        if times:
+            state["terminated"] |= {"startedAt": rfc3339(times[1]), "finishedAt": rfc3339(times[2])}
     elif waiting:
         state = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
     sched = {"type": "PodScheduled", "status": "False", "message": unschedulable}
@@ -64,6 +67,10 @@ def pod(job: str, i: int, phase: str, message: Any = "", created: datetime = T0,
     meta = {"name": f"{job}-{i}-x7k2p", "labels": labels, "creationTimestamp": rfc3339(created)}
     containers = [{"name": "step", "state": state}]
     conds = [sched] if unschedulable else []
+    if times:
+        conds = [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": rfc3339(times[0])}
+        ]
     return {
         "metadata": meta,
         "status": {"phase": phase, "conditions": conds} | {"containerStatuses": containers},
@@ -118,7 +125,10 @@ class Sim:
                 msg = {**msg, "scope": "step", "counts": counts_for(step, t)}
                 if step == "create":
                     msg["digests"] = {"mixed.parquet": f"d{t}"}
-            self.pods.append(pod(name, i, "Succeeded", msg))
+            # Queued 3 s, started 2 s after being scheduled, the shards ran 4 s and 4 + i s.
+            made_at = datetime.fromisoformat(j["metadata"]["creationTimestamp"])
+            at = [made_at + timedelta(seconds=x) for x in (3, 5, 9 + i)]
+            self.pods.append(pod(name, i, "Succeeded", msg, times=at))
         j["status"] = {"succeeded": n, "conditions": [{"type": "Complete", "status": "True"}]}
 
     def fail(self, name: str, error: str = "CUDA out of memory") -> None:
@@ -205,6 +215,35 @@ def test_creator_enabled_runs_every_step_in_order_and_succeeds() -> None:
     assert (h1["steps"]["train"]["job"], h1["steps"]["train"]["attempts"]) == ("demo-i1-train", 1)
     assert cond(s, "Succeeded")["status"] == "True"
     assert cond(s, "Running")["status"] == "False"
+
+
+def test_each_step_records_what_only_the_cluster_sees() -> None:
+    """Job created -> pod scheduled -> container started -> finished, per step: in the
+    history (queued, startup, running seconds) and in the actions the metrics observe."""
+    sim = Sim(make_run(cluster_spec({"iterations": 1}, shards=2)))
+    stages = [st for acts in sim.drive() for st in acts.step_stages]
+    (h0,) = sim.status["history"]
+    gen = h0["steps"]["generate"]
+    # Two shards: the first scheduled at +3 s, the first started at +5 s, the last ended +10 s.
+    assert (gen["queuedSeconds"], gen["startupSeconds"], gen["runningSeconds"]) == (3, 2, 5)
+    assert h0["steps"]["train"]["runningSeconds"] == 4
+    assert ("generate", "queued", 3.0) in stages and ("train", "running", 4.0) in stages
+    assert {s for s, _, _ in stages} == {"prepare", *CREATOR}
+
+
+def test_stages_with_missing_or_backward_times_are_left_out() -> None:
+    from eva_operator.plan import step_stages
+
+    t = [T0 + timedelta(seconds=x) for x in (3, 5, 9)]
+    pods = [observe_pod(pod("j", 0, "Succeeded", "{}", times=t))]
+    assert step_stages(rfc3339(T0), pods) == {"queued": 3, "startup": 2, "running": 4}
+    assert step_stages(None, pods) == {"startup": 2, "running": 4}
+    assert step_stages(rfc3339(T0 + timedelta(seconds=60)), pods) == {"startup": 2, "running": 4}
+    assert step_stages(rfc3339(T0), [observe_pod(pod("j", 0, "Succeeded", "{}"))]) == {}
+    running = pod("j", 0, "Running")
+    running["status"]["containerStatuses"][0]["state"] = {"running": {"startedAt": rfc3339(T0)}}
+    assert observe_pod(running).started == rfc3339(T0)
+    assert observe_pod(running).finished is None
 
 
 def test_creator_disabled_runs_generate_train_evaluate() -> None:
