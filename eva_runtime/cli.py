@@ -106,12 +106,19 @@ def _monitoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option("--iterations", type=int, default=None, help="Override spec.iterations.")
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+@click.option(
+    "--no-warm",
+    is_flag=True,
+    help="Load the models afresh in every step instead of keeping the policy and the reward "
+    "model loaded between steps (less memory held, more loading).",
+)
 @_monitoring_options
 def run(
     file: str,
     workdir: str | None,
     iterations: int | None,
     no_tracking: bool,
+    no_warm: bool,
     metrics_port: int | None,
     pushgateway: str | None,
 ) -> None:
@@ -128,6 +135,7 @@ def run(
             tracking=not no_tracking,
             metrics_port=metrics_port,
             pushgateway=pushgateway,
+            warm=not no_warm,
         )
     except SpecError as exc:
         _fail(str(exc))

@@ -18,6 +18,7 @@ from typing import Any
 from eva_runtime.artifacts import RunDir
 from eva_runtime.errors import EvaError, InputError
 from eva_runtime.phases import Context, run_phase
+from eva_runtime.phases.warm import WarmModels
 from eva_runtime.progress import console, note, warn
 from eva_runtime.spec import EvaRun, iteration_steps, mutable_fields_text, sharded, spec_changes
 from eva_runtime.summary import print_summary, summary_rows
@@ -126,8 +127,13 @@ def run_all(
     metrics_port: int | None = None,
     pushgateway: str | None = None,
     run_dir: Path | None = None,
+    warm: bool = True,
 ) -> RunResult:
     """Every step of every iteration; MLflow gets each step as it completes.
+
+    ``warm`` keeps the policy's generator and the reward model loaded from one step to the
+    next (see ``phases/warm.py``) where generation runs in this process with transformers;
+    a vLLM engine claims most of the GPU, so with vLLM each step still loads its own.
 
     Tracking never stops the run: when MLflow is unreachable the step is logged at the
     next sync (the run directory is the buffer), and ``eva track RUN_DIR`` flushes it later.
@@ -141,6 +147,8 @@ def run_all(
     path.mkdir(parents=True, exist_ok=True)
     RunDir(path).write_manifest(_manifest(run))
     ctx = Context(run=run, run_dir=RunDir(path))
+    if warm and run.spec.generation.backend != "openai" and ctx.local_backend() == "transformers":
+        ctx.warm = WarmModels()
     tracker = _tracker(run, path) if tracking else None
     note(f"eva run {run.namespace}/{run.name}: {run.spec.iterations} iterations in {path}")
 
@@ -154,6 +162,8 @@ def run_all(
             for name in iteration_steps(run.spec):
                 if ctx.run_dir.step(t, name).complete():
                     continue
+                if name == "train" and ctx.warm is not None:
+                    ctx.warm.release()  # training wants the memory; evaluate loads the new policy
                 if sharded(name):
                     n = run.spec.generation.shards
                     for i in range(n):
@@ -168,6 +178,9 @@ def run_all(
         if tracker is not None:
             _finish(tracker, "FAILED")
         raise
+    finally:
+        if ctx.warm is not None:
+            ctx.warm.release()
     _sync(tracker)
     if tracker is not None:
         _finish(tracker, "FINISHED")

@@ -16,6 +16,7 @@ import pandas as pd
 
 from eva_runtime.artifacts import RunDir, StepDir
 from eva_runtime.errors import StepError
+from eva_runtime.phases.warm import WarmModels
 from eva_runtime.spec import EvaRun, EvaRunSpec, OpenAIEndpoint
 from eva_runtime.timing import STEP_PARTS, split_seconds, timed
 
@@ -43,6 +44,8 @@ def derive_seed(seed: int, *parts: object) -> int:
 class Context:
     run: EvaRun
     run_dir: RunDir
+    # eva run keeps models loaded between steps (see phases/warm.py); None: every step loads.
+    warm: WarmModels | None = None
 
     @property
     def spec(self) -> EvaRunSpec:
@@ -124,8 +127,13 @@ class Context:
         return "transformers"
 
     def policy_generator(self, model_path: str, iteration: int) -> Any:
-        with timed("load"):
-            return self._policy_generator(model_path, iteration)
+        def load() -> Any:
+            with timed("load"):
+                return self._policy_generator(model_path, iteration)
+
+        if self.warm is None or self.spec.generation.backend == "openai":
+            return load()  # a client of a server loads nothing worth keeping
+        return self.warm.get(("policy", model_path), load)
 
     def _policy_generator(self, model_path: str, iteration: int) -> Any:
         from eva_runtime.backends.generation import make_generator
@@ -152,16 +160,16 @@ class Context:
         )
 
     def evolver_generator(self, policy_path: str, iteration: int) -> Any:
+        if self.spec.creator.evolve.evolver.type == "policy":  # self-play: the policy itself
+            return self.policy_generator(policy_path, iteration)
         with timed("load"):
-            return self._evolver_generator(policy_path, iteration)
+            return self._evolver_generator()
 
-    def _evolver_generator(self, policy_path: str, iteration: int) -> Any:
+    def _evolver_generator(self) -> Any:
         from eva_runtime.backends.generation import make_generator
         from eva_runtime.models import resolve_model
 
         ev = self.spec.creator.evolve.evolver
-        if ev.type == "policy":
-            return self.policy_generator(policy_path, iteration)
         if ev.type == "openai":
             assert ev.endpoint is not None
             return make_generator(
@@ -179,8 +187,11 @@ class Context:
         )
 
     def reward_model(self) -> Any:
-        with timed("load"):
-            return self._reward_model()
+        def load() -> Any:
+            with timed("load"):
+                return self._reward_model()
+
+        return load() if self.warm is None else self.warm.get(("reward",), load)
 
     def _reward_model(self) -> Any:
         from eva_runtime.backends.generation import make_generator

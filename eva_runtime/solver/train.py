@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import importlib
 import json
 import logging
@@ -44,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
+from eva_runtime.backends._common import free_torch_memory
 from eva_runtime.spec import (
     DPO_LOSS_TYPES,
     LABEL_SMOOTHING_LOSSES,
@@ -759,17 +759,13 @@ def _replace_dir(staging: Path, final: Path) -> None:
 
 def _release(trainer: Trainer) -> None:
     """Free the models now: the eva loop goes on to load an inference engine in-process."""
-    import torch
-
     with contextlib.suppress(AttributeError):
         trainer.accelerator.free_memory()
     for attribute in ("model", "model_wrapped", "ref_model", "optimizer", "lr_scheduler"):
         if hasattr(trainer, attribute):
             with contextlib.suppress(AttributeError, TypeError):
                 setattr(trainer, attribute, None)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_torch_memory()
 
 
 # --------------------------------------------------------------------------- launching
