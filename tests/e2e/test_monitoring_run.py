@@ -84,9 +84,10 @@ def test_prometheus_sees_a_running_step_and_the_gateway_forgets_the_run(
             # Where each step's time went, pushed with it: training's time is mostly training.
             parts = series(prometheus, 'eva_step_phase_seconds{job="eva",run="watched"}')
             assert {s["phase"] for s in parts} >= {"load", "generate", "score", "train", "other"}
-            trained = query(
+            trained = query(  # over a window: the run's groups left the gateway at its end
                 prometheus,
-                'eva_step_phase_seconds{job="eva",run="watched",step="train",phase="train"}',
+                'max_over_time(eva_step_phase_seconds{job="eva",run="watched",step="train",'
+                'phase="train"}[5m])',
             )
             assert trained and float(trained[0]["value"][1]) > 0
             left = [g for g in pushgateway_groups(gateway) if g["labels"].get("run") == "watched"]
