@@ -566,8 +566,11 @@ class PythonPreference:
     def prefer(
         self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
     ) -> list[float]:
-        result = self._fn(list(prompts), list(responses_a), list(responses_b))
-        return checked_probabilities(result, len(prompts), f"preference function {self.name!r}")
+        from .reward import call_user_function
+
+        where = f"preference function {self.name!r}"
+        result = call_user_function(self._fn, where, prompts, responses_a, responses_b)
+        return checked_probabilities(result, len(prompts), where)
 
     def close(self) -> None:
         """Nothing to free."""

@@ -423,7 +423,7 @@ class PythonReward:
         on_progress: ProgressCallback | None = None,
     ) -> list[float]:
         _check_pairs(prompts, responses)
-        result = self._fn(list(prompts), list(responses))
+        result = call_user_function(self._fn, f"reward function {self.name!r}", prompts, responses)
         scores = self._validate(result, len(prompts))
         if on_progress is not None:
             on_progress(len(scores))
@@ -448,6 +448,14 @@ class PythonReward:
 
     def close(self) -> None:
         """Nothing to free."""
+
+
+def call_user_function(fn: Callable[..., Any], where: str, *columns: Sequence[str]) -> Any:
+    """Call a user's function on lists; whatever it raises becomes a ValueError naming it."""
+    try:
+        return fn(*(list(c) for c in columns))
+    except Exception as exc:
+        raise ValueError(f"{where} raised {type(exc).__name__}: {exc}") from exc
 
 
 def load_function(ref: str) -> Callable[..., Any]:

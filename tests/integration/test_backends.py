@@ -342,6 +342,10 @@ def not_a_list(prompts, responses):
     return "1.0"
 
 
+def raises(prompts, responses):
+    return {}["missing"]
+
+
 class Scorer:
     @staticmethod
     def score(prompts, responses):
@@ -394,6 +398,7 @@ def test_python_reward_bad_references(function, message, rewards_module):
         ("with_nan", "returned nan at index 1"),
         ("with_text", "returned '2' at index 1"),
         ("not_a_list", "returned str"),
+        ("raises", "raised KeyError: 'missing'"),
     ],
 )
 def test_python_reward_bad_results(name, message, rewards_module):

@@ -188,3 +188,12 @@ def test_pairwise_and_sppo_specs_that_work() -> None:
     )
     with pytest.raises(SpecError, match="lossType: hinge is a loss of algorithm dpo"):
         parse_run(_manifest({"model": "rm"}, {"algorithm": "sppo", "lossType": "hinge"}))
+
+
+def raises(prompts: list[str], a: list[str], b: list[str]) -> list[float]:
+    raise KeyError("no such judge")
+
+
+def test_a_preference_function_that_raises_is_named() -> None:
+    with pytest.raises(ValueError, match=r"preference function '.*:raises' raised KeyError"):
+        PairwiseReward(PythonPreference(f"{__name__}:raises")).score(["p"] * 2, ["a", "b"])
