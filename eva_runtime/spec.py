@@ -269,6 +269,17 @@ class RewardModelSpec(_Model):
         # (type, preference source) -> what it reads; the pointwise types have no source.
         kind = f"{t} with preference {self.preference}" if t == "pairwise" else str(t)
         source = self.preference if t == "pairwise" else t
+        # A field set for a source that does not read it is a mistake, not a no-op.
+        if self.judge_endpoint is not None and source != "judge":
+            raise ValueError(
+                "judgeEndpoint: only type judge, or pairwise with preference judge, reads it "
+                f"(type is {kind})"
+            )
+        if self.function is not None and source != "python":
+            raise ValueError(
+                "function: only type python, or pairwise with preference python, reads it "
+                f"(type is {kind})"
+            )
         if source == "python":
             if not self.function:
                 raise ValueError(f"function: required when type is {kind} ('module:function')")

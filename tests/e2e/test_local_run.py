@@ -144,7 +144,12 @@ def test_pairwise_ranker_rewards_and_sppo_run_two_iterations(
     probabilities, and the evaluation compares the two policies' answers head to head."""
     spec = {
         "iterations": 2,
-        "rewardModel": {"type": "pairwise", "model": str(tiny_ranker), "maxLength": 128},
+        "rewardModel": {
+            "type": "pairwise",
+            "model": str(tiny_ranker),
+            "maxLength": 128,
+            "function": None,  # the base manifest's python reward: a ranker reads none
+        },
         "solver": {"algorithm": "sppo"},
     }
     manifest = tiny_manifest(tmp_path, tiny_model, name="sppo", spec=spec)

@@ -197,3 +197,19 @@ def raises(prompts: list[str], a: list[str], b: list[str]) -> list[float]:
 def test_a_preference_function_that_raises_is_named() -> None:
     with pytest.raises(ValueError, match=r"preference function '.*:raises' raised KeyError"):
         PairwiseReward(PythonPreference(f"{__name__}:raises")).score(["p"] * 2, ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    ("reward", "message"),
+    [
+        ({"model": "rm", "function": "m:f"}, "function: only type python.*type is classifier"),
+        ({"type": "pairwise", "model": "rm", "function": "m:f"}, "preference ranker"),
+        ({"model": "rm", "judgeEndpoint": {"baseUrl": "http://j:1/v1", "model": "j"}},
+         "judgeEndpoint: only type judge"),
+        ({"type": "python", "function": "m:f",
+          "judgeEndpoint": {"baseUrl": "http://j:1/v1", "model": "j"}}, "type is python"),
+    ],
+)  # fmt: skip
+def test_a_reward_field_nothing_reads_is_refused(reward: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        parse_run(_manifest(reward))
