@@ -7,7 +7,7 @@ eva reference code, in [0, 1]). That score goes wherever a pointwise reward goes
 informativeness, the best/worst pair, the rollouts' ``reward`` column. With one response
 the score is 0.5; when every comparison is a tie every score is 0.5 (a gap of 0).
 
-Three sources of the preference sit behind ``Preference.prefer(prompts, a, b)``:
+Four sources of the preference sit behind ``Preference.prefer(prompts, a, b)``:
 
 * ``PairRMPreference``: PairRM itself (a DeBERTa-v3 encoder with llm-blender's pairwise head),
   loaded from its checkpoint with the same weight layout, no llm-blender needed;
