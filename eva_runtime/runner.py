@@ -61,7 +61,7 @@ def preflight(run: EvaRun) -> None:
             except ValueError as exc:
                 problems.append(f"{field}: {exc}")
     if s.reward_model.function:  # type python, or pairwise with preference python
-        from eva_runtime.backends.reward import load_function
+        from eva_runtime.backends.functions import load_function
 
         try:
             load_function(s.reward_model.function)

@@ -8,6 +8,7 @@ small built-in corpus and the weights are random.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -109,31 +110,40 @@ def build_tiny_classifier(path: str | Path, *, seed: int = 1) -> Path:
 RANKER_TAGS = ["<|source|>", "<|candidate1|>", "<|candidate2|>"]
 
 
+def _tiny_deberta(path: Path, seed: int) -> tuple[Any, dict[str, Any]]:
+    """The tiny tokenizer plus the ranker tags at ``path`` (no weights yet), and the
+    arguments of a 2-layer DeBERTa-v2 config over it."""
+    from transformers import AutoTokenizer
+
+    build_tiny_model(path, seed=seed)
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        (path / name).unlink()
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.add_special_tokens({"additional_special_tokens": RANKER_TAGS})
+    tok.save_pretrained(path)
+    config = {
+        "vocab_size": len(tok),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 512,
+        "pad_token_id": tok.pad_token_id,
+        "initializer_range": 0.5,  # preferences that vary with the input, not all ~0.5
+    }
+    return tok, config
+
+
 def build_tiny_ranker(path: str | Path, *, seed: int = 2) -> Path:
     """A random PairRM-style cross-encoder: a 2-layer DeBERTa-v2 (PairRM's architecture)
     with one logit, over the tiny tokenizer plus the ranker's three tags."""
     import torch
-    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
     path = Path(path)
-    build_tiny_model(path, seed=seed)
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.add_special_tokens({"additional_special_tokens": RANKER_TAGS})
-    tok.save_pretrained(path)
+    _tok, args = _tiny_deberta(path, seed)
+    config = DebertaV2Config(**args, num_labels=1)
     torch.manual_seed(seed)
-    config = DebertaV2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        num_labels=1,
-        initializer_range=0.5,  # preferences that vary with the input, not all ~0.5
-    )
-    for name in ("model.safetensors", "config.json", "generation_config.json"):
-        (path / name).unlink(missing_ok=True)
     DebertaV2ForSequenceClassification(config).save_pretrained(path)
     return path
 
@@ -145,23 +155,13 @@ def build_tiny_pairrm(path: str | Path, *, seed: int = 4, n_tasks: int = 3) -> P
     written tensor by tensor, not through eva's loader."""
     import torch
     from safetensors.torch import save_file
-    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
+    from transformers import DebertaV2Config, DebertaV2Model
 
     path = Path(path)
-    build_tiny_model(path, seed=seed)
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.add_special_tokens({"additional_special_tokens": RANKER_TAGS})
-    tok.save_pretrained(path)
+    tok, args = _tiny_deberta(path, seed)
     source, cand1, cand2 = tok.convert_tokens_to_ids(RANKER_TAGS)
     config = DebertaV2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        initializer_range=0.5,
+        **args,
         architectures=["DebertaV2PairRM"],
         n_tasks=n_tasks,
         drop_out=0.05,
@@ -177,8 +177,6 @@ def build_tiny_pairrm(path: str | Path, *, seed: int = 4, n_tasks: int = 3) -> P
     tensors["head_layer.1.bias"] = torch.randn(32) * 0.1
     tensors["head_layer.4.weight"] = torch.randn(n_tasks, 32) * 0.3
     tensors["head_layer.4.bias"] = torch.randn(n_tasks) * 0.1
-    for name in ("model.safetensors", "config.json", "generation_config.json"):
-        (path / name).unlink(missing_ok=True)
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(path)
     return path

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from eva_runtime.timing import timed
@@ -123,6 +123,29 @@ def torch_dtype(name: str, device: Any) -> Any:
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"dtype {name!r} is not one of auto, float32, bfloat16, float16")
     return dtype
+
+
+def right_padded_batches(
+    encoded: Sequence[Sequence[int]], pad_id: int | None, batch_size: int
+) -> Iterator[tuple[list[int], Any, Any]]:
+    """(row indices, input ids, attention mask) batches of token rows, right-padded.
+
+    Rows of similar length go together (less padding); without a pad id every row is its
+    own batch, which needs no padding at all.
+    """
+    import torch
+
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    step = batch_size if pad_id is not None else 1
+    for start in range(0, len(order), step):
+        index = order[start : start + step]
+        width = max(len(encoded[i]) for i in index)
+        ids = torch.full((len(index), width), pad_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(index), width), dtype=torch.long)
+        for k, i in enumerate(index):
+            ids[k, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
+            mask[k, : len(encoded[i])] = 1
+        yield index, ids, mask
 
 
 def free_torch_memory() -> None:

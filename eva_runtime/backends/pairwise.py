@@ -25,15 +25,14 @@ both orders: for n = 4, 12 preference calls per prompt where a pointwise reward 
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..bench.scoring import parse_verdict
-from ._common import free_torch_memory, pick_device, torch_dtype
+from ._common import free_torch_memory, pick_device, right_padded_batches, torch_dtype
+from .functions import call_user_function, checked_numbers, load_function
 from .generation import Generator, SamplingParams
 
 __all__ = [
@@ -196,21 +195,9 @@ class PairwiseReward:
 
 
 def checked_probabilities(result: Any, expected: int, where: str) -> list[float]:
-    """One finite number in [0, 1] per row, or a ValueError naming the first bad index."""
-    if isinstance(result, str | bytes | dict) or not hasattr(result, "__len__"):
-        raise ValueError(f"{where} returned {type(result).__name__}, expected a list of floats")
-    values = list(result)
-    if len(values) != expected:
-        raise ValueError(f"{where} returned {len(values)} probabilities for {expected} pairs")
-    out: list[float] = []
-    for i, value in enumerate(values):
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not ok or not math.isfinite(float(value)) or not 0.0 <= float(value) <= 1.0:
-            raise ValueError(
-                f"{where} returned {value!r} at index {i}; a probability is a number in [0, 1]"
-            )
-        out.append(float(value))
-    return out
+    """One number in [0, 1] per pair, or a ValueError naming the first bad index."""
+    return checked_numbers(result, expected, where, what="probabilities", per="pairs",
+                           probabilities=True)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- ranker
@@ -316,18 +303,9 @@ class RankerPreference:
         encoded = [
             self._encode(p, a, b) for p, a, b in zip(prompts, responses_a, responses_b, strict=True)
         ]
-        pad = self._tokenizer.pad_token_id
-        step = self.batch_size if pad is not None else 1
         out = [0.5] * len(encoded)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), step):
-            index = order[start : start + step]
-            width = max(len(encoded[i]) for i in index)
-            ids = torch.full((len(index), width), pad if pad is not None else 0, dtype=torch.long)
-            mask = torch.zeros((len(index), width), dtype=torch.long)
-            for k, i in enumerate(index):
-                ids[k, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
-                mask[k, : len(encoded[i])] = 1
+        pad = self._tokenizer.pad_token_id
+        for index, ids, mask in right_padded_batches(encoded, pad, self.batch_size):
             with torch.inference_mode():
                 logits = self._model(
                     input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
@@ -458,17 +436,9 @@ class PairRMPreference:
         encoded = [
             self._encode(p, a, b) for p, a, b in zip(prompts, responses_a, responses_b, strict=True)
         ]
-        pad = self._tokenizer.pad_token_id or 0
         out = [0.5] * len(encoded)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
-            width = max(len(encoded[i]) for i in index)
-            ids = torch.full((len(index), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(index), width), dtype=torch.long)
-            for k, i in enumerate(index):
-                ids[k, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
-                mask[k, : len(encoded[i])] = 1
+        pad = self._tokenizer.pad_token_id or 0  # a pad id always: batches of PairRM's size
+        for index, ids, mask in right_padded_batches(encoded, pad, self.batch_size):
             with torch.inference_mode():
                 logits = self._model(ids.to(self._device), mask.to(self._device))
             for i, v in zip(index, torch.sigmoid(logits.float()).tolist(), strict=True):
@@ -558,16 +528,12 @@ class PythonPreference:
     """A user's ``f(prompts, responses_a, responses_b) -> probabilities`` (P(a beats b))."""
 
     def __init__(self, function: str) -> None:
-        from .reward import load_function
-
         self.name = function
         self._fn = load_function(function)
 
     def prefer(
         self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
     ) -> list[float]:
-        from .reward import call_user_function
-
         where = f"preference function {self.name!r}"
         result = call_user_function(self._fn, where, prompts, responses_a, responses_b)
         return checked_probabilities(result, len(prompts), where)

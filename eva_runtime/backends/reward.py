@@ -10,15 +10,20 @@ every comparison downstream, so any backend that produces one raises instead.
 
 from __future__ import annotations
 
-import importlib
-import math
-import numbers
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from ..spec import RewardType, parse_function_ref
-from ._common import check_finite, free_torch_memory, pick_device, render_exchange, torch_dtype
+from ..spec import RewardType
+from ._common import (
+    check_finite,
+    free_torch_memory,
+    pick_device,
+    render_exchange,
+    right_padded_batches,
+    torch_dtype,
+)
+from .functions import call_user_function, checked_numbers, load_function
 from .generation import Generator, SamplingParams
 
 __all__ = [
@@ -239,20 +244,9 @@ class ClassifierReward:
         if self._model is None:
             raise RuntimeError("score() after close()")
         encoded = [self._encode(p, r) for p, r in zip(prompts, responses, strict=True)]
-        # Similar lengths together: less padding, and right padding keeps scores unchanged.
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        step = self.batch_size if self._pad_id is not None else 1
+        # Right padding keeps scores unchanged (see the class docstring).
         scores: list[float] = [0.0] * len(encoded)
-        for start in range(0, len(order), step):
-            index = order[start : start + step]
-            rows = [encoded[i] for i in index]
-            width = max(len(r) for r in rows)
-            pad = self._pad_id if self._pad_id is not None else 0
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for k, row in enumerate(rows):
-                ids[k, : len(row)] = torch.tensor(row, dtype=torch.long)
-                mask[k, : len(row)] = 1
+        for index, ids, mask in right_padded_batches(encoded, self._pad_id, self.batch_size):
             with torch.inference_mode():
                 device = self._model.device
                 output = self._model(input_ids=ids.to(device), attention_mask=mask.to(device))
@@ -424,70 +418,13 @@ class PythonReward:
     ) -> list[float]:
         _check_pairs(prompts, responses)
         result = call_user_function(self._fn, f"reward function {self.name!r}", prompts, responses)
-        scores = self._validate(result, len(prompts))
+        scores = checked_numbers(result, len(prompts), f"reward function {self.name!r}")
         if on_progress is not None:
             on_progress(len(scores))
         return scores
 
-    def _validate(self, result: Any, expected: int) -> list[float]:
-        where = f"reward function {self.name!r}"
-        if isinstance(result, str | bytes | dict) or not hasattr(result, "__len__"):
-            raise ValueError(f"{where} returned {type(result).__name__}, expected a list of floats")
-        values = list(result)
-        if len(values) != expected:
-            raise ValueError(f"{where} returned {len(values)} scores for {expected} responses")
-        scores: list[float] = []
-        for i, value in enumerate(values):
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-            if not ok or not math.isfinite(float(value)):
-                raise ValueError(
-                    f"{where} returned {value!r} at index {i}; every score must be a finite number"
-                )
-            scores.append(float(value))
-        return scores
-
     def close(self) -> None:
         """Nothing to free."""
-
-
-def call_user_function(fn: Callable[..., Any], where: str, *columns: Sequence[str]) -> Any:
-    """Call a user's function on lists; whatever it raises becomes a ValueError naming it."""
-    try:
-        return fn(*(list(c) for c in columns))
-    except Exception as exc:
-        raise ValueError(f"{where} raised {type(exc).__name__}: {exc}") from exc
-
-
-def load_function(ref: str) -> Callable[..., Any]:
-    """Import the callable ``ref`` names; a ValueError says what is wrong with it."""
-    parsed = parse_function_ref(ref)
-    if parsed is None:
-        raise ValueError(
-            f"reward function {ref!r} is not of the form 'module:function' "
-            "(e.g. 'my_rewards:length_penalty')"
-        )
-    module_name, attribute = parsed
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
-        if missing and (module_name == missing or module_name.startswith(missing + ".")):
-            reason = f"module {module_name!r} not found; is it installed or on PYTHONPATH?"
-        else:  # the module exists but fails while importing: show why
-            reason = f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
-        raise ValueError(f"reward function {ref!r}: {reason}") from exc
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError as exc:
-            raise ValueError(
-                f"reward function {ref!r}: module {module_name!r} has no attribute {attribute!r}"
-            ) from exc
-    if not callable(target):
-        raise ValueError(f"reward function {ref!r} is a {type(target).__name__}, not callable")
-    fn: Callable[..., Any] = target
-    return fn
 
 
 def _check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
