@@ -28,6 +28,8 @@ __all__ = [
     "ModelError",
     "check_model_reachable",
     "default_cache_dir",
+    "exclusive_lock",
+    "is_hub_model",
     "resolve_model",
 ]
 
@@ -74,14 +76,25 @@ def resolve_model(
     return str(_convert_gguf(path, _cache_root(cache_dir), trust_remote_code=trust_remote_code))
 
 
-def check_model_reachable(ref: str) -> None:
+def check_model_reachable(ref: str, *, revision: str | None = None) -> None:
     """Fail fast on a local-looking reference that cannot work, without loading anything.
 
     Meant for the moment before a run starts: it checks what is cheap to check (the path,
     the package, ``config.json``) and never converts or downloads. Hub ids pass unchecked,
-    since reaching the hub is only possible (and only needed) where the run executes.
+    since reaching the hub is only possible (and only needed) where the run executes. A
+    ``revision`` pins a hub model; given with a local reference it is a mistake.
     """
-    _classify(ref)
+    kind, value = _classify(ref)
+    if revision is not None and kind != "hub":
+        raise ModelError(
+            f"model {ref!r} is a local {'folder' if kind == 'dir' else 'file'} ({value}); a "
+            f"revision ({revision!r}) pins a hub model: remove it or give a hub id"
+        )
+
+
+def is_hub_model(ref: str) -> bool:
+    """Whether ``ref`` names a hub model (not a folder, file or package file that exists)."""
+    return _classify(ref)[0] == "hub"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -232,7 +245,7 @@ def _convert_gguf(gguf: Path, cache_root: Path, *, trust_remote_code: bool) -> P
             "writable folder."
         ) from exc
 
-    with _exclusive_lock(cache_root / f".{target.name}.lock"):
+    with exclusive_lock(cache_root / f".{target.name}.lock"):
         if (target / "config.json").is_file():  # converted while we waited
             return target
         print(
@@ -290,14 +303,20 @@ def _safe_name(stem: str) -> str:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path, *, waiting: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created); say ``waiting`` when another holds it."""
     try:
         import fcntl
     except ImportError:  # not POSIX: the atomic rename alone keeps concurrent callers safe
         yield
         return
     with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(f"eva: {waiting}...", file=sys.stderr, flush=True)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -50,16 +50,11 @@ def preflight(run: EvaRun) -> None:
     src = s.prompts.source
     if "://" not in src and not Path(src).exists():
         problems.append(f"spec.prompts.source: {src} not found")
-    for field, ref in (
-        ("spec.policy.model", s.policy.model),
-        ("spec.rewardModel.model", s.reward_model.model),
-        ("spec.creator.evolve.evolver.model", s.creator.evolve.evolver.model),
-    ):
-        if ref:
-            try:
-                check_model_reachable(ref)
-            except ValueError as exc:
-                problems.append(f"{field}: {exc}")
+    for m in s.model_refs():
+        try:
+            check_model_reachable(m.ref, revision=m.revision)
+        except ValueError as exc:
+            problems.append(f"spec.{m.field}: {exc}")
     if s.reward_model.function:  # type python, or pairwise with preference python
         from eva_runtime.backends.functions import load_function
 
@@ -79,11 +74,6 @@ def preflight(run: EvaRun) -> None:
         for field, file in (("questions", b.questions), ("answers", b.answers)):
             if file and not Path(file).is_file():
                 problems.append(f"{where}.{field}: {file} not found")
-        if b.judge.model:
-            try:
-                check_model_reachable(b.judge.model)
-            except ValueError as exc:
-                problems.append(f"{where}.judge.model: {exc}")
     if problems:
         raise EvaError("cannot start the run:\n" + "\n".join(f"  {p}" for p in problems))
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -212,11 +212,23 @@ class OpenAIEndpoint(_Model):
         return v
 
 
+# A hub revision: a branch, a tag or a commit (``refs/pr/1`` included); only hub models take one.
+Revision = Annotated[
+    str,
+    Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/+-]*$"),
+]
+REVISION_HELP = (
+    "Hub revision (branch, tag or commit) of a hub model; default: the commit the run's "
+    "first download resolves, recorded so that every step and iteration loads the same weights."
+)
+
+
 class PolicySpec(_Model):
     model: str = Field(
         description="Hub id, local/PVC folder, a .gguf file, or pkg://<package>/<file.gguf>.",
         min_length=1,
     )
+    revision: Revision | None = Field(default=None, description=REVISION_HELP)
     trust_remote_code: bool = Field(default=False, description="Run the model's own code.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weights dtype for generation (auto: bf16 on GPU, fp32 on CPU)."
@@ -228,6 +240,7 @@ class RewardModelSpec(_Model):
     model: str | None = Field(
         default=None, description="Reward model (classifier, armo) or judge model (judge)."
     )
+    revision: Revision | None = Field(default=None, description=REVISION_HELP)
     function: str | None = Field(
         default=None,
         description="python type: 'module:function' called as f(prompts, responses) -> floats.",
@@ -298,6 +311,8 @@ class RewardModelSpec(_Model):
                 )
         elif source == "judge" and not (self.model or self.judge_endpoint):
             raise ValueError(f"model: required when type is {kind} (or set judgeEndpoint)")
+        if self.revision is not None and not self.model:
+            raise ValueError("revision: pins the hub revision of model; give model")
         return self
 
 
@@ -359,6 +374,7 @@ class EvolverSpec(_Model):
         "openai: an OpenAI-compatible endpoint.",
     )
     model: str | None = Field(default=None, description="type model: the evolver model.")
+    revision: Revision | None = Field(default=None, description=REVISION_HELP)
     endpoint: OpenAIEndpoint | None = Field(default=None, description="type openai: the server.")
     temperature: float = Field(default=0.88, ge=0.0, le=5.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -368,6 +384,8 @@ class EvolverSpec(_Model):
     def _fields_for_type(self) -> EvolverSpec:
         if self.type == "model" and not self.model:
             raise ValueError("model: required when evolver type is model")
+        if self.revision is not None and self.type != "model":
+            raise ValueError(f"revision: only evolver type model reads it (type is {self.type})")
         if self.type == "openai" and self.endpoint is None:
             raise ValueError("endpoint: required when evolver type is openai")
         return self
@@ -542,6 +560,7 @@ class BenchJudgeSpec(_Model):
     model: str | None = Field(
         default=None, description="A local judge model (hub id or folder) run by the backend."
     )
+    revision: Revision | None = Field(default=None, description=REVISION_HELP)
     backend: Literal["auto", "transformers", "vllm"] = Field(
         default="auto", description="Backend of a local judge model."
     )
@@ -564,6 +583,8 @@ class BenchJudgeSpec(_Model):
     def _one(self) -> BenchJudgeSpec:
         if (self.endpoint is None) == (self.model is None):
             raise ValueError("give exactly one of endpoint (a server) or model (a local judge)")
+        if self.revision is not None and self.model is None:
+            raise ValueError("revision: only a local judge model reads it (give model)")
         return self
 
 
@@ -713,6 +734,14 @@ class StorageSpec(_Model):
     mount_path: str = Field(
         default="/artifacts", pattern=r"^/", description="Where step pods mount the claim."
     )
+    model_cache_claim: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="In a cluster: the PersistentVolumeClaim (ReadWriteMany) that holds the "
+        "hub models step pods load, shared by runs (default: the operator's; none: a cache "
+        "folder on the artifact claim). Each model is downloaded once into it.",
+    )
 
 
 class Credentials(_Model):
@@ -772,12 +801,25 @@ STEP_ENV = frozenset(
         "HOME",
         "XDG_CACHE_HOME",
         "HF_HOME",
+        "HF_HUB_OFFLINE",
         "TRITON_CACHE_DIR",
         "MLFLOW_TRACKING_URI",
         "JOB_COMPLETION_INDEX",
         "PATH",
     }
 )
+
+
+class ModelRef(NamedTuple):
+    """A model the run loads: where the spec names it, the reference, its pinned revision."""
+
+    field: str  # e.g. "policy.model"
+    ref: str
+    revision: str | None
+
+    @property
+    def revision_field(self) -> str:
+        return self.field.rsplit(".", 1)[0] + ".revision"
 
 
 class EvaRunSpec(_Model):
@@ -795,6 +837,29 @@ class EvaRunSpec(_Model):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     credentials: Credentials = Field(default_factory=Credentials)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
+
+    def model_refs(self) -> list[ModelRef]:
+        """Every model the run loads itself (not through a server), with its field path: the
+        one list for the runner's preflight and the download of hub models."""
+        found = [ModelRef("policy.model", self.policy.model, self.policy.revision)]
+        rm = self.reward_model
+        source = rm.preference if rm.type == "pairwise" else rm.type
+        if rm.model and (
+            source in ("classifier", "armo", "ranker")
+            or (source == "judge" and rm.judge_endpoint is None)
+        ):
+            found.append(ModelRef("rewardModel.model", rm.model, rm.revision))
+        ev = self.creator.evolve.evolver
+        if self.creator.enabled and ev.type == "model" and ev.model:
+            found.append(ModelRef("creator.evolve.evolver.model", ev.model, ev.revision))
+        for i, b in enumerate(self.evaluation.benchmarks):
+            if b.judge.model:
+                found.append(
+                    ModelRef(
+                        f"evaluation.benchmarks[{i}].judge.model", b.judge.model, b.judge.revision
+                    )
+                )
+        return found
 
     def endpoints(self) -> list[tuple[str, OpenAIEndpoint]]:
         """Every OpenAI-compatible server the spec names, with its field path (one list for

@@ -1,5 +1,5 @@
-"""Where a step's time goes: model loading and unloading, generation, scoring, evolving,
-training, writing.
+"""Where a step's time goes: model downloads, loading and unloading, generation, scoring,
+evolving, training, writing.
 
 A step's code marks its parts with ``with timed("generate"): ...``; the seconds add up in the
 ``StepClock`` that ``run_phase`` activates for the step, and end up in the step's
@@ -21,7 +21,17 @@ from collections.abc import Iterator
 
 # The parts of a step, in the order the report stacks them. One definition: the metrics, the
 # report, MLflow and the tests import it.
-STEP_PARTS = ("load", "unload", "generate", "score", "evolve", "train", "write", "other")
+STEP_PARTS = (
+    "download",
+    "load",
+    "unload",
+    "generate",
+    "score",
+    "evolve",
+    "train",
+    "write",
+    "other",
+)
 
 
 class StepClock:

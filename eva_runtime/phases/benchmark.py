@@ -52,7 +52,9 @@ def make_bench_judge(ctx: Context, b: BenchmarkSpec) -> Any:
             max_tokens=j.max_new_tokens,
         )
     assert j.model is not None
-    return LocalJudge(j.model, backend=j.backend, max_tokens=j.max_new_tokens)
+    i = ctx.spec.evaluation.benchmarks.index(b)
+    model = ctx.model_path(j.model, f"evaluation.benchmarks[{i}].judge.model")
+    return LocalJudge(model, backend=j.backend, max_tokens=j.max_new_tokens)
 
 
 def run_benchmark(ctx: Context, iteration: int) -> dict:

@@ -94,12 +94,23 @@ class Context:
 
     # ------------------------------------------------------------------ models
 
-    def policy_path(self, iteration: int) -> str:
-        from eva_runtime.models import resolve_model
+    def model_path(self, ref: str, field: str, *, trust_remote_code: bool = False) -> str:
+        """Where to load a model the spec names (``field``): a hub model from the cache at the
+        commit the prepare step recorded (eva_runtime.hub), anything else as resolve_model
+        says (a folder, a converted GGUF file)."""
+        from eva_runtime.models import is_hub_model, resolve_model
 
+        if is_hub_model(ref):
+            from eva_runtime.hub import RECORD, local_model
+
+            return local_model(ref, field, self.run_dir.prepare().path / RECORD)
+        return resolve_model(ref, trust_remote_code=trust_remote_code)
+
+    def policy_path(self, iteration: int) -> str:
         base = self.run_dir.policy(iteration, self.spec.policy.model)
         if iteration == 0:
-            return resolve_model(base, trust_remote_code=self.spec.policy.trust_remote_code)
+            p = self.spec.policy
+            return self.model_path(base, "policy.model", trust_remote_code=p.trust_remote_code)
         return base
 
     def _endpoint_key(self, ep: OpenAIEndpoint) -> str | None:
@@ -167,7 +178,6 @@ class Context:
 
     def _evolver_generator(self) -> Any:
         from eva_runtime.backends.generation import make_generator
-        from eva_runtime.models import resolve_model
 
         ev = self.spec.creator.evolve.evolver
         if ev.type == "openai":
@@ -182,7 +192,7 @@ class Context:
         assert ev.model is not None
         return make_generator(
             self.local_backend(),
-            resolve_model(ev.model),
+            self.model_path(ev.model, "creator.evolve.evolver.model"),
             batch_size=self.spec.generation.batch_size,
         )
 
@@ -196,7 +206,6 @@ class Context:
     def _reward_model(self) -> Any:
         from eva_runtime.backends.generation import make_generator
         from eva_runtime.backends.reward import make_reward_model
-        from eva_runtime.models import resolve_model
 
         rm = self.spec.reward_model
         judge = None
@@ -211,9 +220,13 @@ class Context:
                 )
             else:
                 assert model is not None
-                judge = make_generator(self.local_backend(), resolve_model(model))
+                judge = make_generator(
+                    self.local_backend(), self.model_path(model, "rewardModel.model")
+                )
         elif model is not None:
-            model = resolve_model(model, trust_remote_code=rm.trust_remote_code)
+            model = self.model_path(
+                model, "rewardModel.model", trust_remote_code=rm.trust_remote_code
+            )
         return make_reward_model(
             rm.type,
             model=model,

@@ -1,4 +1,5 @@
-"""prepare: read the prompt source once, give prompts ids, set the held-out prompts aside."""
+"""prepare: read the prompt source once, give prompts ids, set the held-out prompts aside;
+download every hub model the spec names, once, and record the commits (eva_runtime.hub)."""
 
 from __future__ import annotations
 
@@ -47,4 +48,12 @@ def run_prepare(ctx: Context) -> dict:
     }
     if table.skipped:
         note(f"prompts: skipped {table.skipped} of {table.rows_read} rows in {p.source}")
-    return sd.finish(counts, source=p.source)
+    from eva_runtime.hub import RECORD, download_models
+
+    models = download_models(ctx.spec.model_refs(), sd.path / RECORD)
+    counts["hub_models"] = len(models)
+    counts["hub_models_downloaded"] = sum(bool(m["downloaded"]) for m in models.values())
+    counts["hub_bytes_downloaded"] = sum(m["bytes"] for m in models.values() if m["downloaded"])
+    return sd.finish(
+        counts, source=p.source, models={ref: m["commit"] for ref, m in models.items()}
+    )

@@ -110,7 +110,8 @@ class OperatorConfig:
     webhook_timeout_seconds: int = 10
     # Defaults for step pods (an EvaRun's own values win):
     #   EVA_STEP_IMAGE, EVA_STEP_IMAGE_PULL_POLICY, EVA_STEP_IMAGE_PULL_SECRETS (a,b),
-    #   EVA_STEP_SERVICE_ACCOUNT, EVA_ARTIFACT_CLAIM, EVA_STEP_NODE_SELECTOR (JSON),
+    #   EVA_STEP_SERVICE_ACCOUNT, EVA_ARTIFACT_CLAIM, EVA_MODEL_CACHE_CLAIM,
+    #   EVA_STEP_NODE_SELECTOR (JSON),
     #   EVA_STEP_TOLERATIONS (JSON list), EVA_STEP_AFFINITY (JSON), EVA_STEP_PRIORITY_CLASS,
     #   EVA_MLFLOW_TRACKING_URI,
     #   EVA_PUSHGATEWAY_URL, EVA_GPU_RESOURCE (nvidia.com/gpu)
@@ -128,6 +129,7 @@ class OperatorConfig:
             image_pull_secrets=e.list("EVA_STEP_IMAGE_PULL_SECRETS"),
             service_account_name=e.opt("EVA_STEP_SERVICE_ACCOUNT"),
             claim_name=e.opt("EVA_ARTIFACT_CLAIM"),
+            model_cache_claim=e.opt("EVA_MODEL_CACHE_CLAIM"),
             node_selector=e.json("EVA_STEP_NODE_SELECTOR", {}),
             tolerations=tuple(e.json("EVA_STEP_TOLERATIONS", [])),
             affinity=e.json("EVA_STEP_AFFINITY", None),

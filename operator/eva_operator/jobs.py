@@ -20,7 +20,7 @@ from eva_runtime.api import (
     LABEL_RUN,
     LABEL_STEP,
 )
-from eva_runtime.spec import GENERATION_STEPS, EvaRun, StepResources, dump_run
+from eva_runtime.spec import GENERATION_STEPS, PREPARE, EvaRun, StepResources, dump_run
 
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 CONTAINER = "step"
@@ -58,6 +58,9 @@ class StepDefaults:
     mlflow_tracking_uri: str | None = None
     pushgateway_url: str | None = None
     gpu_resource: str = "nvidia.com/gpu"
+    # The PersistentVolumeClaim that holds hub models for every run (None: each artifact
+    # claim keeps its own cache folder).
+    model_cache_claim: str | None = None
 
 
 NO_CLAIM = (
@@ -70,6 +73,26 @@ NO_CLAIM = (
 def artifact_claim(run: EvaRun, defaults: StepDefaults) -> str | None:
     """The claim step pods mount: the run's own, else the install's default."""
     return run.spec.storage.claim_name or defaults.claim_name
+
+
+# Where step pods keep hub models (HF_HOME) and converted GGUF models (EVA_CACHE_DIR): on the
+# model-cache claim, mounted here, or, without one, in this folder of the artifact claim.
+MODEL_CACHE_MOUNT = "/models"
+ARTIFACT_CACHE_FOLDER = ".cache"
+
+
+def model_cache_claim(run: EvaRun, defaults: StepDefaults) -> str | None:
+    """The claim that holds hub models: the run's own, else the install's, else None (the
+    artifact claim's cache folder)."""
+    return run.spec.storage.model_cache_claim or defaults.model_cache_claim
+
+
+def model_cache_root(run: EvaRun, defaults: StepDefaults) -> str:
+    """The model cache's folder inside step pods, shared by every step (and every run on the
+    same claim), so that each model is downloaded once."""
+    if model_cache_claim(run, defaults):
+        return MODEL_CACHE_MOUNT
+    return f"{run.spec.storage.mount_path.rstrip('/')}/{ARTIFACT_CACHE_FOLDER}"
 
 
 def job_name(run: str, iteration: int, step: str, attempt: int = 0) -> str:
@@ -134,18 +157,25 @@ def _secret_env(name: str, ref: Any) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
-def step_env(run: EvaRun, defaults: StepDefaults) -> list[dict[str, Any]]:
-    """Plain settings, then credentials, each credential only as a Secret reference."""
+def step_env(run: EvaRun, defaults: StepDefaults, step: str = "prepare") -> list[dict[str, Any]]:
+    """Plain settings, then credentials, each credential only as a Secret reference.
+
+    Hub models live on the shared model cache; only the prepare step, which downloads them
+    (eva_runtime.hub), may reach the hub: every later step loads them with the hub offline.
+    """
     s = run.spec
+    models = model_cache_root(run, defaults)
     env: list[dict[str, Any]] = [
         {"name": "EVA_SPEC_YAML", "value": pod_spec_manifest(run)},
         {"name": "EVA_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": "/cache"},
-        {"name": "HF_HOME", "value": "/cache/huggingface"},
-        {"name": "EVA_CACHE_DIR", "value": "/cache/eva"},
+        {"name": "HF_HOME", "value": f"{models}/huggingface"},
+        {"name": "EVA_CACHE_DIR", "value": f"{models}/eva"},
         {"name": "TRITON_CACHE_DIR", "value": "/cache/triton"},
     ]
+    if step != PREPARE:
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     uri = s.tracking.mlflow.tracking_uri or defaults.mlflow_tracking_uri
     if uri:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": uri})
@@ -217,7 +247,7 @@ def build_job(
         "imagePullPolicy": d.image_pull_policy,
         "command": ["eva"],
         "args": args,
-        "env": step_env(run, d),
+        "env": step_env(run, d, step),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "resources": _quantities(getattr(r, RESOURCES_OF[step]), d.gpu_resource),
         "securityContext": {
@@ -238,6 +268,9 @@ def build_job(
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
     }
+    cache_claim = model_cache_claim(run, d)
+    if cache_claim:
+        container["volumeMounts"].append({"name": "models", "mountPath": MODEL_CACHE_MOUNT})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "enableServiceLinks": False,
@@ -257,6 +290,10 @@ def build_job(
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         ],
     }
+    if cache_claim:
+        pod_spec["volumes"].append(
+            {"name": "models", "persistentVolumeClaim": {"claimName": cache_claim}}
+        )
     account = r.service_account_name or d.service_account_name
     if account:
         pod_spec["serviceAccountName"] = account

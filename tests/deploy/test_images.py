@@ -224,8 +224,13 @@ def test_runtime_image_sets_what_step_pods_set() -> None:
     pod_env = {e["name"]: e["value"] for e in step_env(run, StepDefaults()) if "value" in e}
     final = stages(RUNTIME_DOCKERFILE)[-1]
     env = env_of(final)
-    for name in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "EVA_CACHE_DIR", "TRITON_CACHE_DIR"):
+    for name in ("HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR"):
         assert env.get(name) == pod_env[name], f"Dockerfile ENV {name} != step pods' {name}"
+    # The model caches: the image keeps them in /cache (a `docker run` without volumes); step
+    # pods point them at the shared model cache, where each hub model is downloaded once.
+    for name, below in (("HF_HOME", "huggingface"), ("EVA_CACHE_DIR", "eva")):
+        assert env.get(name) == f"/cache/{below}", name
+        assert pod_env[name] == f"/artifacts/.cache/{below}", name
     assert ("ENTRYPOINT", '["eva"]') in final
     assert ("WORKDIR", "/tmp") in final
     exposed = {p for ins, args in final if ins == "EXPOSE" for p in args.split()}

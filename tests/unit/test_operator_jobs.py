@@ -328,6 +328,35 @@ def test_volumes_are_scratch_dirs_and_the_artifact_claim() -> None:
     assert mounts == {"/mnt/eva": "artifacts", "/tmp": "tmp", "/cache": "cache", "/dev/shm": "dshm"}
 
 
+def test_hub_models_live_on_one_shared_cache_and_only_prepare_reaches_the_hub() -> None:
+    # No model-cache claim anywhere: the artifact claim's .cache folder, shared by every step
+    # (and every run on that claim); nothing extra mounted.
+    j = job("generate", spec={"storage": {"mountPath": "/mnt/eva"}})
+    e = env(j)
+    assert e["HF_HOME"]["value"] == "/mnt/eva/.cache/huggingface"
+    assert e["EVA_CACHE_DIR"]["value"] == "/mnt/eva/.cache/eva"
+    assert "models" not in {v["name"] for v in pod(j)["volumes"]}
+    # The install's claim (chart modelCache.*), mounted at /models in every step pod ...
+    d = StepDefaults(model_cache_claim="hub-cache")
+    for step in STEPS:
+        j = job(step, defaults=d)
+        vols = {v["name"]: v for v in pod(j)["volumes"]}
+        assert vols["models"] == {
+            "name": "models",
+            "persistentVolumeClaim": {"claimName": "hub-cache"},
+        }
+        mounts = {m["name"]: m["mountPath"] for m in container(j)["volumeMounts"]}
+        assert mounts["models"] == "/models"
+        assert env(j)["HF_HOME"]["value"] == "/models/huggingface"
+        # ... and only prepare, which downloads the spec's hub models, may reach the hub.
+        offline = env(j).get("HF_HUB_OFFLINE", {}).get("value")
+        assert offline == (None if step == "prepare" else "1"), step
+    # A run's own claim wins over the install's.
+    j = job("train", spec={"storage": {"modelCacheClaim": "team-models"}}, defaults=d)
+    vols = {v["name"]: v for v in pod(j)["volumes"]}
+    assert vols["models"]["persistentVolumeClaim"] == {"claimName": "team-models"}
+
+
 def test_claim_from_spec_else_default_else_value_error() -> None:
     d = StepDefaults(claim_name="ops-claim")
     no_claim = {"storage": {"claimName": None}}

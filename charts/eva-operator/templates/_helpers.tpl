@@ -104,3 +104,11 @@ Name of cluster-scoped objects (the webhook ClusterRole and configuration): with
 {{- define "eva-operator.watchNamespaces" -}}
 {{- if eq .Values.scope "namespace" }}{{ .Release.Namespace }}{{ end }}
 {{- end }}
+
+{{- define "eva-operator.modelCacheClaimName" -}}
+{{- if .Values.modelCache.pvc.create }}
+{{- default (printf "%s-models" (include "eva-operator.fullname" .)) .Values.modelCache.pvc.name }}
+{{- else }}
+{{- .Values.modelCache.claimName }}
+{{- end }}
+{{- end }}
