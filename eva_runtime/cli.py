@@ -235,6 +235,9 @@ def phase(
             "shard": i,
             "counts": summary.get("counts", {}),
             "seconds": (summary.get("timings") or {}).get("seconds"),
+            # Where the step's time went (eva_runtime.timing): the run's status keeps it.
+            "phases": (summary.get("timings") or {}).get("phases"),
+            "loads": (summary.get("timings") or {}).get("loads"),
         }
         if step == "create":
             message["digests"] = {"mixed.parquet": summary.get("digests", {}).get("mixed.parquet")}

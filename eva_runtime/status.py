@@ -62,6 +62,12 @@ class StepRecord(_Status):
     running_seconds: float | None = Field(
         default=None, description="The first container's start to the last one's end."
     )
+    part_seconds: dict[str, float] | None = Field(
+        default=None,
+        description="Where the step's own time went, as it measured it: seconds per part "
+        "(download, load, unload, generate, score, evolve, train, write, other).",
+    )
+    model_loads: int | None = Field(default=None, description="Models the step loaded.")
 
 
 class BenchScore(_Status):

@@ -30,6 +30,7 @@ from eva_operator.jobs import (
 from eva_runtime.api import LABEL_ATTEMPT, LABEL_ITERATION, LABEL_STEP
 from eva_runtime.spec import EvaRun, RunPolicy, SpecError, iteration_steps, parse_run
 from eva_runtime.status import HISTORY_FIELDS, BenchScore, HistoryEntry, bench_results
+from eva_runtime.timing import STEP_PARTS
 
 # Waiting reasons of a pod that will not start by itself.
 STUCK_REASONS = frozenset(
@@ -289,6 +290,29 @@ def step_summary(pods: list[PodView]) -> dict[str, Any]:
             if k in ADDITIVE and isinstance(v, int | float):
                 counts[k] = counts.get(k, 0) + v
     out["counts"] = counts
+    return out
+
+
+def step_parts(summary: dict[str, Any]) -> dict[str, Any]:
+    """``partSeconds`` and ``modelLoads`` of a step's summary (eva_runtime.timing), where the
+    pod reported them as they should be: known parts, finite non-negative seconds."""
+    out: dict[str, Any] = {}
+    phases = summary.get("phases")
+    if isinstance(phases, dict):
+        parts = {
+            k: round(float(v), 3)
+            for k, v in phases.items()
+            if k in STEP_PARTS
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and v >= 0
+        }
+        if parts:
+            out["partSeconds"] = parts
+    loads = summary.get("loads")
+    if isinstance(loads, int) and not isinstance(loads, bool) and loads >= 0:
+        out["modelLoads"] = loads
     return out
 
 
@@ -822,6 +846,7 @@ def _record(
         "completionTime": ts,
         "seconds": round(seconds, 1),
         **{f"{stage}Seconds": s for stage, s in (stages or {}).items()},
+        **step_parts(summary),
     }
     counts = summary.get("counts") or {}
     for src, dst in HISTORY_FIELDS.get(step, {}).items():

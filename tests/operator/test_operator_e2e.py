@@ -11,6 +11,7 @@ import uuid
 import aiohttp
 import pytest
 
+from eva_runtime.timing import STEP_PARTS
 from operator_harness import (
     EVENTS,
     JOBS,
@@ -91,6 +92,9 @@ async def test_an_evarun_runs_to_succeeded_through_two_iterations(env) -> None:
         for record in h["steps"].values():
             assert {"queuedSeconds", "startupSeconds", "runningSeconds"} <= set(record)
             assert min(record["queuedSeconds"], record["runningSeconds"]) >= 0
+            # ... and where the step's own time went, as the pod measured it.
+            assert set(record["partSeconds"]) == set(STEP_PARTS), record
+            assert isinstance(record["modelLoads"], int)
     for stage in ("queued", "startup", "running"):
         assert metric(op, "eva_operator_step_stage_seconds_count", step="train", stage=stage) == 2
 

@@ -314,8 +314,10 @@ def test_status_schema_is_generated_from_the_status_model() -> None:
     steps = history["properties"]["steps"]["additionalProperties"]
     assert set(steps["properties"]) == {
         "job", "attempts", "completionTime", "seconds",
-        "queuedSeconds", "startupSeconds", "runningSeconds",
+        "queuedSeconds", "startupSeconds", "runningSeconds", "partSeconds", "modelLoads",
     }  # fmt: skip
+    parts = steps["properties"]["partSeconds"]
+    assert parts["type"] == "object" and parts["additionalProperties"]["type"] == "number"
     assert props["completed"]["items"] == {"type": "string"}
     assert not any("preserve-unknown" in str(node) for _, node in walk(status))
 

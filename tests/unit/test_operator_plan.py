@@ -231,6 +231,24 @@ def test_each_step_records_what_only_the_cluster_sees() -> None:
     assert {s for s, _, _ in stages} == {"prepare", *CREATOR}
 
 
+def test_a_steps_own_time_parts_reach_its_record_only_when_well_formed() -> None:
+    from eva_operator.plan import step_parts
+
+    good = {"phases": {"load": 1.23456, "generate": 4, "other": 0.5}, "loads": 2}
+    assert step_parts(good) == {
+        "partSeconds": {"load": 1.235, "generate": 4.0, "other": 0.5},
+        "modelLoads": 2,
+    }
+    # Whatever else a pod's image wrote is dropped, never copied into the status.
+    bad = {
+        "phases": {"load": float("nan"), "nope": 1, "train": -1, "write": True, "score": "3"},
+        "loads": True,
+    }
+    assert step_parts(bad) == {}
+    assert step_parts({"phases": [1, 2], "loads": -1}) == {}
+    assert step_parts({}) == {}
+
+
 def test_stages_with_missing_or_backward_times_are_left_out() -> None:
     from eva_operator.plan import step_stages
 
