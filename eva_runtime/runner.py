@@ -52,9 +52,14 @@ def preflight(run: EvaRun) -> None:
         problems.append(f"spec.prompts.source: {src} not found")
     for m in s.model_refs():
         try:
-            check_model_reachable(m.ref, revision=m.revision)
+            check_model_reachable(m.ref)
         except ValueError as exc:
             problems.append(f"spec.{m.field}: {exc}")
+            continue
+        try:
+            check_model_reachable(m.ref, revision=m.revision)
+        except ValueError as exc:
+            problems.append(f"spec.{m.revision_field}: {exc}")
     if s.reward_model.function:  # type python, or pairwise with preference python
         from eva_runtime.backends.functions import load_function
 

@@ -326,6 +326,21 @@ VALUE_CASES = [
         )
     ],
     _value_case(
+        "revision-with-space",
+        with_section("policy", revision="my branch"),
+        "spec.policy.revision: String should match pattern",
+    ),
+    _value_case(
+        "revision-without-model",
+        with_section("creator", evolve={"evolver": {"type": "policy", "revision": "main"}}),
+        "revision: only evolver type model reads it",
+    ),
+    _value_case(
+        "model-cache-claim-name",
+        with_section("storage", modelCacheClaim="Models_Cache"),
+        "spec.storage.modelCacheClaim: String should match pattern",
+    ),
+    _value_case(
         "bench-contamination",
         with_section("creator", evolve={"contaminationThreshold": 0}),
         "spec.creator.evolve.contaminationThreshold: must be greater than 0",

@@ -92,3 +92,15 @@ def test_a_revision_on_a_local_model_is_refused(tmp_path: Path) -> None:
     check_model_reachable("org/name", revision="main")  # a hub id: fine
     with pytest.raises(ModelError, match="pins a hub model"):
         check_model_reachable(str(tmp_path), revision="main")
+
+
+def test_eva_run_refuses_a_revision_on_a_local_model_naming_the_revision(tmp_path: Path) -> None:
+    from eva_runtime.errors import EvaError
+    from eva_runtime.runner import preflight
+
+    (tmp_path / "config.json").write_text("{}")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a"}\n')
+    run = run_with({"model": str(tmp_path), "revision": "main"}, prompts={"source": str(prompts)})
+    with pytest.raises(EvaError, match=r"spec\.policy\.revision: .* is a local folder"):
+        preflight(run)
