@@ -453,6 +453,11 @@ class Tracker:
             self._metrics(client, parent, _count_metrics("prepare", counts, 0, ts))
             self._dataset(client, parent, step.dir, "train.parquet", "initial", "initial")
             self._dataset(client, parent, step.dir, "heldout.parquet", "heldout", "evaluation")
+            # The hub models' commits (eva_runtime.hub): which weights every step loaded.
+            for ref, commit in sorted((summary.get("models") or {}).items()):
+                client.set_tag(parent, f"eva.hub_commit.{ref}", str(commit))
+            if (step.dir.path / "models.json").is_file():
+                client.log_artifact(parent, str(step.dir.path / "models.json"), "prepare")
             return None
 
         t = step.iteration

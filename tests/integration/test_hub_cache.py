@@ -136,13 +136,25 @@ def test_a_pinned_revision_is_loaded_and_recorded(tmp_path: Path, tiny_model: Pa
         assert old != new
         manifest = manifest_for(tmp_path, tiny_model, revision="v1")
         run_dir = tmp_path / "run"
-        rc, _, err = finished(
-            phase(tmp_path, manifest, run_dir, "prepare", hub_env(hub, tmp_path / "hf"))
-        )
+        tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        env = hub_env(hub, tmp_path / "hf") | {"MLFLOW_TRACKING_URI": tracking}
+        rc, _, err = finished(phase(tmp_path, manifest, run_dir, "prepare", env))
         assert rc == 0, err
         record = json.loads((run_dir / "prepare" / "models.json").read_text())["models"][REPO]
         assert (record["revision"], record["commit"]) == ("v1", old)
         assert all(f"/resolve/{old}/" in p for p in hub.downloads())
+    # MLflow: the commit as a tag of the run, the record as an artifact.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking)
+    (parent,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="tags.`mlflow.parentRunId` IS NULL",
+    )
+    assert parent.data.tags[f"eva.hub_commit.{REPO}"] == old
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "prepare")] == [
+        "prepare/models.json"
+    ]
 
 
 @pytest.mark.parametrize(
