@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from eva_runtime.artifacts import atomic_write_json
+from eva_runtime.artifacts import atomic_write_bytes, atomic_write_json
 from eva_runtime.models import ModelError, exclusive_lock, is_hub_model
 from eva_runtime.progress import note
 from eva_runtime.spec import ModelRef
@@ -202,6 +202,7 @@ def fetch(m: ModelRef, *, expected: Files | None = None) -> dict[str, Any]:
         lock = cache / ".eva" / "locks" / f"{folder.parent.parent.name}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(lock, waiting=f"waiting for another process downloading {m.ref}"):
+            _point_ref(folder, m.revision, commit)
             files = expected or _checked_files(stamp)
             if files is not None and not missing_files(files, folder_sizes(folder, files)):
                 return _entry(m, commit, files, downloaded=False)
@@ -221,6 +222,19 @@ def fetch(m: ModelRef, *, expected: Files | None = None) -> dict[str, Any]:
             stamp.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(stamp, {"ref": m.ref, "commit": commit, "files": files})
             return _entry(m, commit, files, downloaded=True)
+
+
+def _point_ref(folder: Path, revision: str | None, commit: str) -> None:
+    """Record in the cache that the branch or tag resolved to ``commit`` (the cache's own
+    ``refs/<name>`` file), so that an offline run finds the cached copy by its name too."""
+    name = revision or "main"
+    if _COMMIT.match(name):
+        return
+    ref = folder.parent.parent / "refs" / name
+    with contextlib.suppress(OSError):
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        if not ref.is_file() or ref.read_text() != commit:
+            atomic_write_bytes(ref, commit.encode())
 
 
 def _entry(m: ModelRef, commit: str, files: Files, *, downloaded: bool) -> dict[str, Any]:

@@ -89,6 +89,20 @@ def test_each_model_is_downloaded_once_and_later_steps_load_it_offline(
         again = json.loads((tmp_path / "run2" / "prepare" / "_SUCCESS.json").read_text())
         assert again["counts"]["hub_models_downloaded"] == 0 and again["models"][REPO] == commit
 
+        # A run prepared with the hub offline (a laptop with a filled cache) uses the cached
+        # copy of the branch, recorded as found (sizes only: there is no hub to check against).
+        third = manifest_for(tmp_path, tiny_model, name="hub3")
+        before = len(hub.requests)
+        rc, _, err = finished(
+            phase(tmp_path, third, tmp_path / "run3", "prepare", hub_env(hub, cache, offline=True))
+        )
+        assert rc == 0, err
+        assert hub.requests[before:] == []
+        found = json.loads((tmp_path / "run3" / "prepare" / "models.json").read_text())
+        entry = found["models"][REPO]
+        assert (entry["commit"], entry["checked"]) == (commit, False)
+        assert set(entry["files"]) == set(files)
+
         # The cache emptied under an offline pod: a clear error naming the commit, no traceback.
         shutil.rmtree(cache)
         rc, _, err = finished(
