@@ -61,7 +61,7 @@ def room_problem(needed: int, free: int, where: str, ref: str) -> str | None:
     """Why ``needed`` bytes cannot be written where ``free`` are free, or None. A margin of
     1% (at least 64 MiB) is kept for the cache's own bookkeeping."""
     margin = max(64 << 20, needed // 100)
-    if needed + margin <= free:
+    if needed == 0 or needed + margin <= free:
         return None
     return (
         f"model {ref} needs {_gb(needed)} in the model cache {where}, which has {_gb(free)} "
@@ -221,7 +221,7 @@ def fetch(m: ModelRef, *, expected: Files | None = None) -> dict[str, Any]:
                 _verify(folder, files, m)
             stamp.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(stamp, {"ref": m.ref, "commit": commit, "files": files})
-            return _entry(m, commit, files, downloaded=True)
+            return _entry(m, commit, files, downloaded=needed > 0) | {"bytes_fetched": needed}
 
 
 def _point_ref(folder: Path, revision: str | None, commit: str) -> None:
@@ -244,6 +244,7 @@ def _entry(m: ModelRef, commit: str, files: Files, *, downloaded: bool) -> dict[
         "files": files,
         "bytes": sum(int(f["size"]) for f in files.values()),
         "downloaded": downloaded,
+        "bytes_fetched": 0,
     }
 
 

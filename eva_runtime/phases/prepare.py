@@ -53,7 +53,7 @@ def run_prepare(ctx: Context) -> dict:
     models = download_models(ctx.spec.model_refs(), sd.path / RECORD)
     counts["hub_models"] = len(models)
     counts["hub_models_downloaded"] = sum(bool(m["downloaded"]) for m in models.values())
-    counts["hub_bytes_downloaded"] = sum(m["bytes"] for m in models.values() if m["downloaded"])
+    counts["hub_bytes_downloaded"] = sum(m["bytes_fetched"] for m in models.values())
     return sd.finish(
         counts, source=p.source, models={ref: m["commit"] for ref, m in models.items()}
     )

@@ -61,6 +61,8 @@ def test_each_model_is_downloaded_once_and_later_steps_load_it_offline(
         assert prepare["models"] == {REPO: commit}
         assert "models.json" in prepare["digests"]
         assert prepare["counts"]["hub_models_downloaded"] == 1
+        size = sum(p.stat().st_size for p in tiny_model.iterdir() if p.is_file())
+        assert prepare["counts"]["hub_bytes_downloaded"] == size
         assert prepare["timings"]["phases"]["download"] > 0
         record = json.loads((run_dir / "prepare" / "models.json").read_text())["models"][REPO]
         assert record["commit"] == commit and record["fields"] == ["policy.model"]
@@ -88,6 +90,7 @@ def test_each_model_is_downloaded_once_and_later_steps_load_it_offline(
         assert len(hub.downloads()) == before
         again = json.loads((tmp_path / "run2" / "prepare" / "_SUCCESS.json").read_text())
         assert again["counts"]["hub_models_downloaded"] == 0 and again["models"][REPO] == commit
+        assert again["counts"]["hub_bytes_downloaded"] == 0
 
         # A run prepared with the hub offline (a laptop with a filled cache) uses the cached
         # copy of the branch, recorded as found (sizes only: there is no hub to check against).

@@ -29,6 +29,7 @@ def test_room_is_checked_with_a_margin_before_downloading() -> None:
     assert problem is not None
     assert "google/gemma needs 18.00 GB" in problem and "17.00 GB free" in problem
     assert room_problem(10**9, 10**9 + (1 << 20), "/c", "o/m") is not None  # no margin left
+    assert room_problem(0, 0, "/c", "o/m") is None  # nothing to fetch: a full disk is fine
 
 
 def test_git_blob_id_is_what_git_hash_object_gives() -> None:
