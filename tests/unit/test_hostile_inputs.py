@@ -678,6 +678,45 @@ def test_fuzzed_yaml_text_never_crashes_the_loader(text: str) -> None:
 # --------------------------------------------------------------------------- prompt files
 
 
+_PROMPT_PIECES = st.sampled_from(
+    ['{"prompt": "a"}', '{"prompt": null}', '{"promt": "b"}', '{"prompt": 3}', "[", "]", "{",
+     '"', ",", "\n", "\r\n", "prompt,id", "a,b", '"x\ny"', "\x00", "\xff", "é", " ", "#",
+     '[{"prompt": "c"}]', '{"prompt": "dup"}', '{"prompt": "' + "z" * 300 + '"}']
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(["p.jsonl", "p.json", "p.csv", "p.parquet", "p.jsonl.gz", "p.txt"]),
+    st.lists(_PROMPT_PIECES, max_size=12),
+    st.booleans(),
+)
+def test_fuzzed_prompt_files_load_or_are_refused_naming_the_file(
+    name: str, pieces: list[str], latin: bool
+) -> None:
+    """Whatever a prompt file holds, the one reader returns prompts or raises an InputError
+    that names the file: never another exception, never a hang."""
+    import tempfile
+    import time
+
+    from eva_runtime.errors import EvaError
+    from eva_runtime.prompts import load_prompts
+
+    data = "".join(pieces).encode("latin-1" if latin else "utf-8", errors="replace")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        start = time.monotonic()
+        try:
+            table = load_prompts(str(path))
+        except EvaError as exc:
+            assert name in str(exc), str(exc)
+        else:
+            assert table.prompts and all(isinstance(p, str) and p.strip() for p in table.prompts)
+            assert len(set(table.ids)) == len(table.ids)
+        assert time.monotonic() - start < 5
+
+
 def _link_loop(tmp: Path) -> str:
     (tmp / "loop.jsonl").symlink_to(tmp / "loop.jsonl")
     return "loop.jsonl"
