@@ -141,6 +141,12 @@ def local_model(ref: str, field: str, record: Path) -> str:
     from huggingface_hub import constants
 
     entry = read_record(record).get(ref)
+    cache = Path(constants.HF_HUB_CACHE)
+    if entry is None and not record.exists():
+        # A run prepared before models were recorded: fetch as prepare does now (offline:
+        # the cached copy of the default branch, or a clear error).
+        commit = str(fetch(ModelRef(field, ref, None))["commit"])
+        return str(snapshot_folder(cache, ref, commit))
     if entry is None:
         raise ModelError(
             f"spec.{field}: hub model {ref} is not in the run's model record {record}; the "
@@ -148,7 +154,6 @@ def local_model(ref: str, field: str, record: Path) -> str:
             "another spec?)"
         )
     commit, files = str(entry["commit"]), dict(entry["files"])
-    cache = Path(constants.HF_HUB_CACHE)
     folder = snapshot_folder(cache, ref, commit)
     if not missing_files(files, folder_sizes(folder, files)):
         return str(folder)

@@ -106,6 +106,24 @@ def test_each_model_is_downloaded_once_and_later_steps_load_it_offline(
         assert (entry["commit"], entry["checked"]) == (commit, False)
         assert set(entry["files"]) == set(files)
 
+        # A run prepared before prepare recorded models (no models.json, none in its
+        # digests) still loads its hub model: the cached copy, with no request.
+        old_run = tmp_path / "old-run"
+        shutil.copytree(run_dir / "prepare", old_run / "prepare")
+        shutil.copy(run_dir / "evarun.yaml", old_run / "evarun.yaml")
+        marker = old_run / "prepare" / "_SUCCESS.json"
+        old_style = json.loads(marker.read_text())
+        for key in ("digests", "sizes"):
+            old_style[key].pop("models.json")
+        marker.write_text(json.dumps(old_style))
+        (old_run / "prepare" / "models.json").unlink()
+        before = len(hub.requests)
+        rc, _, err = finished(
+            phase(tmp_path, manifest, old_run, "generate", hub_env(hub, cache, offline=True))
+        )
+        assert rc == 0, err
+        assert hub.requests[before:] == []
+
         # The cache emptied under an offline pod: a clear error naming the commit, no traceback.
         shutil.rmtree(cache)
         rc, _, err = finished(
