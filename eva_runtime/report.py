@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from eva_runtime.artifacts import PREPARE, RunDir, write_output
-from eva_runtime.spec import steps_for
+from eva_runtime.spec import flatten, steps_for
 from eva_runtime.status import HEAD_TO_HEAD
 from eva_runtime.timing import STEP_PARTS
 
@@ -1280,18 +1280,9 @@ def _compare_header(runs: Sequence[tuple[str, _Run]]) -> str:
     )
 
 
-def _flat(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        for k, v in value.items():
-            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
-        out[prefix] = value
-    return out
-
-
 def _compare_spec(runs: Sequence[tuple[str, _Run]]) -> str:
     (la, a), (lb, b) = runs
-    fa, fb = _flat("", a.spec, {}), _flat("", b.spec, {})
+    fa, fb = flatten(a.spec), flatten(b.spec)
     skip = ("policy.model", "prompts.source")  # per-run paths, usually differ trivially
     keys = [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k) and k not in skip]
     if not keys:

@@ -1095,19 +1095,21 @@ def mutable_fields_text() -> str:
     return ", ".join(MUTABLE_FIELDS[:-1]) + " and " + MUTABLE_FIELDS[-1]
 
 
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"a.b.c": leaf}`` (an empty mapping is a leaf): how specs are
+    compared, recorded as MLflow params and shown side by side."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
 def spec_changes(old: EvaRun, new: EvaRun) -> list[str]:
     """The fields (camelCase paths) that differ and may not change under a started run."""
-
-    def flat(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(value, dict) and value:
-            for k, v in value.items():
-                flat(f"{prefix}.{k}", v, out)
-        else:
-            out[prefix] = value
-        return out
-
-    a = flat("spec", old.spec.model_dump(by_alias=True, mode="json"), {})
-    b = flat("spec", new.spec.model_dump(by_alias=True, mode="json"), {})
+    a = flatten(old.spec.model_dump(by_alias=True, mode="json"), "spec")
+    b = flatten(new.spec.model_dump(by_alias=True, mode="json"), "spec")
 
     def mutable(key: str) -> bool:
         return any(key == m or key.startswith(m + ".") for m in MUTABLE_FIELDS)

@@ -9,6 +9,8 @@ a test failure here, not a field the API server silently prunes. The planner
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -103,6 +105,46 @@ def bench_results(counts: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if len(parts) == 3 and parts[0] == "bench":
             out.setdefault(parts[1], {})[parts[2]] = value
     return out
+
+
+# Counts of a generation step that add up over its shards, whatever else a shard reports.
+ADDITIVE_COUNTS = ("prompts", "responses", "tokens", "truncated")
+
+
+def _number(value: Any) -> float | int | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
+def merge_shard_counts(shards: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One generation step's counts from its shards' counts: additive counts summed, the
+    reward extremes merged, ``reward_mean`` weighted by responses and ``reward_gap_mean`` by
+    prompts. A shard without responses has no rewards to merge; values that are not finite
+    numbers (a pod's message is outside data) are left out."""
+    counts: dict[str, Any] = {}
+    for shard in shards:
+        if not _number(shard.get("responses")):
+            continue
+        for k, raw in shard.items():
+            v = _number(raw)
+            if v is None:
+                continue
+            if k == "reward_max":
+                counts[k] = max(counts.get(k, v), v)
+            elif k == "reward_min":
+                counts[k] = min(counts.get(k, v), v)
+            else:
+                counts[k] = counts.get(k, 0) + v
+    for k in ADDITIVE_COUNTS:
+        counts[k] = sum(_number(s.get(k)) or 0 for s in shards)
+    for mean, weight in (("reward_mean", "responses"), ("reward_gap_mean", "prompts")):
+        total = counts[weight]
+        if total and mean in counts:
+            weighted = sum(
+                (_number(s.get(mean)) or 0.0) * (_number(s.get(weight)) or 0) for s in shards
+            )
+            counts[mean] = weighted / total
+    return counts
 
 
 class HistoryEntry(_Status):

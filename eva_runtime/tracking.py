@@ -81,7 +81,7 @@ from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from eva_runtime.artifacts import SUCCESS, RunDir, StepDir, atomic_write_json
 from eva_runtime.errors import EvaError
-from eva_runtime.spec import ITERATION_STEPS, EvaRun
+from eva_runtime.spec import ITERATION_STEPS, EvaRun, flatten
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -285,13 +285,11 @@ class Tracker:
         if not prep.complete():
             return out
         out.append(_Step("prepare", None, "prepare", prep))
-        t = 0
-        while (self.run_dir / f"iter-{t}").is_dir():
+        for t in self.rd.iterations():
             for name in ITERATION_STEPS:
                 sd = self.rd.step(t, name)
                 if sd.complete():
                     out.append(_Step(f"iter-{t}/{name}", t, name, sd))
-            t += 1
         return out
 
     # ------------------------------------------------------------------ sync
@@ -434,7 +432,7 @@ class Tracker:
     def _log_params(self, client: MlflowClient, parent: str) -> None:
         from mlflow.entities import Param
 
-        flat = _flatten(self.run.spec.model_dump(by_alias=True, mode="json", exclude_none=True))
+        flat = flatten(self.run.spec.model_dump(by_alias=True, mode="json", exclude_none=True))
         flat.pop("iterations", None)
         params = [Param(k[:MAX_KEY], _param_value(v)) for k, v in sorted(flat.items())]
         for i in range(0, len(params), 100):
@@ -762,15 +760,6 @@ def _short(exc: BaseException) -> str:
     text = str(getattr(exc, "message", None) or exc).strip().splitlines()
     first = text[0] if text else type(exc).__name__
     return first if len(first) <= 300 else first[:297] + "..."
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
 
 
 def _param_value(v: Any) -> str:

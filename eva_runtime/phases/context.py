@@ -6,7 +6,6 @@ algorithm. Heavy libraries are imported inside the backends, never at module imp
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from eva_runtime.artifacts import RunDir, StepDir
 from eva_runtime.errors import StepError
 from eva_runtime.phases.warm import WarmModels
 from eva_runtime.spec import EvaRun, EvaRunSpec, OpenAIEndpoint
+from eva_runtime.status import merge_shard_counts
 from eva_runtime.timing import STEP_PARTS, split_seconds, timed
 
 ROLLOUT_COLUMNS = (
@@ -32,12 +32,6 @@ ROLLOUT_COLUMNS = (
 )
 # Pairwise rewards add this column: per response, P(it beats sample j of its prompt).
 PREFERENCES_COLUMN = "preferences"
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A seed for one random choice, derived from the run's seed and where it is made."""
-    key = ":".join([str(seed), *map(str, parts)]).encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") & 0x7FFFFFFF
 
 
 @dataclass
@@ -265,37 +259,7 @@ def finalize_sharded(run_dir: RunDir, iteration: int, step: str, num_shards: int
         return None
     sd = run_dir.step(iteration, step)
     shards = [run_dir.shard(iteration, step, i, num_shards).summary() for i in range(num_shards)]
-    counts: dict[str, Any] = {}
-    for s in shards:
-        if not s["counts"].get("responses"):
-            continue  # an empty shard has no reward extremes to merge
-        for k, v in s["counts"].items():
-            if k == "reward_max":
-                counts[k] = max(counts.get(k, v), v)
-            elif k == "reward_min":
-                counts[k] = min(counts.get(k, v), v)
-            elif isinstance(v, int | float) and not isinstance(v, bool):
-                counts[k] = counts.get(k, 0) + v
-    for k in ("prompts", "responses", "truncated", "tokens"):
-        counts[k] = sum(s["counts"].get(k, 0) for s in shards)
-    responses = counts.get("responses", 0)
-    prompts = counts.get("prompts", 0)
-    if responses:
-        counts["reward_mean"] = (
-            sum(
-                s["counts"].get("reward_mean", 0.0) * s["counts"].get("responses", 0)
-                for s in shards
-            )
-            / responses
-        )
-    if prompts:
-        counts["reward_gap_mean"] = (
-            sum(
-                s["counts"].get("reward_gap_mean", 0.0) * s["counts"].get("prompts", 0)
-                for s in shards
-            )
-            / prompts
-        )
+    counts = merge_shard_counts([s["counts"] for s in shards])
     digests = {
         f"shard-{i:05d}-of-{num_shards:05d}/{name}": d
         for i, s in enumerate(shards)

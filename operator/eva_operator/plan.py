@@ -29,7 +29,13 @@ from eva_operator.jobs import (
 )
 from eva_runtime.api import LABEL_ATTEMPT, LABEL_ITERATION, LABEL_STEP
 from eva_runtime.spec import EvaRun, RunPolicy, SpecError, iteration_steps, parse_run
-from eva_runtime.status import HISTORY_FIELDS, BenchScore, HistoryEntry, bench_results
+from eva_runtime.status import (
+    HISTORY_FIELDS,
+    BenchScore,
+    HistoryEntry,
+    bench_results,
+    merge_shard_counts,
+)
 from eva_runtime.timing import STEP_PARTS
 
 # Waiting reasons of a pod that will not start by itself.
@@ -46,8 +52,6 @@ STUCK_REASONS = frozenset(
 )
 # How often a step whose Job has made no pod yet is looked at again (its FailedCreate Events).
 NO_POD_RECHECK_SECONDS = 5.0
-# Counts that add up over the shards of a generation step.
-ADDITIVE = ("prompts", "responses", "tokens", "truncated")
 
 
 @dataclass(frozen=True)
@@ -268,7 +272,8 @@ def step_summary(pods: list[PodView]) -> dict[str, Any]:
     """The step's summary from its pods' termination messages.
 
     The shard that completes a sharded step writes the whole step's summary (scope
-    ``step``); without one, the shards' additive counts are summed.
+    ``step``); without one, the shards' counts are merged as that shard would
+    (``eva_runtime.status.merge_shard_counts``).
     """
     messages = []
     for p in pods:
@@ -284,12 +289,8 @@ def step_summary(pods: list[PodView]) -> dict[str, Any]:
     if not messages:
         return {}
     out = dict(messages[0])
-    counts: dict[str, Any] = {}
-    for m in messages:
-        for k, v in (m.get("counts") or {}).items():
-            if k in ADDITIVE and isinstance(v, int | float):
-                counts[k] = counts.get(k, 0) + v
-    out["counts"] = counts
+    shards = [m["counts"] for m in messages if isinstance(m.get("counts"), dict)]
+    out["counts"] = merge_shard_counts(shards)
     return out
 
 

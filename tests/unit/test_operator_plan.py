@@ -12,6 +12,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from eva_operator.jobs import StepDefaults
 from eva_operator.plan import Actions, ServerFeatures, observe_pod, plan, rfc3339, step_summary
 from tiny_run import cluster_spec
@@ -588,7 +590,7 @@ def test_a_continued_run_no_longer_reports_succeeded() -> None:
     assert "completionTime" not in sim.status
 
 
-def test_step_summary_prefers_the_step_message_else_sums_additive_shard_counts() -> None:
+def test_step_summary_prefers_the_step_message_else_merges_the_shard_counts() -> None:
     shard = [
         observe_pod(pod("j", 0, "Succeeded", {"scope": "shard", "counts": c}))
         for c in (
@@ -597,7 +599,14 @@ def test_step_summary_prefers_the_step_message_else_sums_additive_shard_counts()
         )
     ]
     summed = step_summary([*shard, observe_pod(pod("j", 2, "Succeeded", "not json"))])
-    assert summed["counts"] == {"prompts": 7, "responses": 14, "tokens": 15, "truncated": 1}
+    counts = summed["counts"]
+    assert {k: counts[k] for k in ("prompts", "responses", "tokens", "truncated")} == {
+        "prompts": 7,
+        "responses": 14,
+        "tokens": 15,
+        "truncated": 1,
+    }
+    assert counts["reward_mean"] == pytest.approx((0.2 * 6 + 0.9 * 8) / 14)  # as the shard would
     whole = {"scope": "step", "counts": {"prompts": 9, "reward_mean": 0.5}}
     assert step_summary([shard[0], observe_pod(pod("j", 1, "Succeeded", whole))]) == whole
     assert step_summary([]) == {}
