@@ -15,9 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from eva_runtime.seeds import derive_seed
-
-from ._common import chat_messages
+from ._common import chat_messages, derive_seed
 from .protocol import BackendError, Completion, ProgressCallback, Prompt, SamplingParams
 
 __all__ = ["OpenAIGenerator"]

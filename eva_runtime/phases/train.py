@@ -22,7 +22,6 @@ from eva_runtime.errors import StepError
 from eva_runtime.metrics import current as current_metrics
 from eva_runtime.phases.context import Context, reward_matrix
 from eva_runtime.progress import note, task, warn
-from eva_runtime.seeds import derive_seed
 from eva_runtime.solver.pairs import preference_pairs, win_probabilities
 from eva_runtime.timing import timed
 
@@ -66,6 +65,7 @@ def pairs_from(
 
 
 def train_settings(ctx: Context, num_pairs: int, iteration: int) -> TrainSettings:
+    from eva_runtime.phases.context import derive_seed
     from eva_runtime.solver.train import LoraSettings, TrainSettings
 
     s = ctx.spec.solver
