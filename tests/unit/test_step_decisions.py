@@ -1,0 +1,59 @@
+"""The small decisions inside the steps, over plain numbers: how many buffer prompts join the
+evolved ones (create) and the win rate of the new policy over the previous one (evaluate)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from eva_runtime.phases.create import buffer_size
+from eva_runtime.phases.evaluate import win_rate
+
+
+@pytest.mark.parametrize(
+    ("evolved", "ratio", "available", "expected"),
+    [
+        (16, 0.2, 100, 4),  # 4 / (4 + 16) = 0.2
+        (10, 0.5, 100, 10),  # half and half
+        (10, 0.0, 100, 0),  # no buffer asked
+        (3, 0.2, 100, 1),  # 0.75 rounds to 1
+        (1, 0.2, 100, 0),  # 0.25 rounds to 0
+        (16, 0.2, 2, 2),  # never more than there is
+        (0, 0.2, 7, 7),  # nothing evolved: every available prompt
+        (0, 0.0, 7, 7),
+        (9, 0.9, 1000, 81),  # 81 / 90 = 0.9
+    ],
+)
+def test_buffer_size_makes_the_asked_share_of_the_mix(evolved, ratio, available, expected):
+    assert buffer_size(evolved, ratio, available) == expected
+
+
+def test_buffer_size_is_the_exact_share_rounded_and_capped():
+    for evolved in range(1, 60):
+        for ratio in (0.1, 0.2, 0.25, 1 / 3, 0.5, 0.8):
+            exact = evolved * ratio / (1 - ratio)  # b / (b + e) = ratio
+            assert abs(buffer_size(evolved, ratio, 10_000) - exact) <= 0.5 + 1e-9
+            assert buffer_size(evolved, ratio, 3) <= 3
+
+
+def test_win_rate_counts_ties_as_half():
+    new = np.array([1.0, 0.5, 0.2, 0.0])
+    old = np.array([0.0, 0.5, 0.3, 0.0])
+    assert win_rate(new, old) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
+
+
+def test_win_rate_extremes_and_symmetry():
+    a = np.array([1.0, 2.0, 3.0])
+    b = np.array([0.0, 1.0, 2.0])
+    assert win_rate(a, b) == 1.0
+    assert win_rate(b, a) == 0.0
+    assert win_rate(a, a) == 0.5
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=50), rng.normal(size=50)
+    assert win_rate(x, y) + win_rate(y, x) == pytest.approx(1.0)
+
+
+def test_win_rate_of_nothing_is_nan():
+    assert math.isnan(win_rate(np.array([]), np.array([])))
