@@ -57,3 +57,60 @@ def test_win_rate_extremes_and_symmetry():
 
 def test_win_rate_of_nothing_is_nan():
     assert math.isnan(win_rate(np.array([]), np.array([])))
+
+
+def _ctx(tmp_path, **solver):
+    from eva_runtime.artifacts import RunDir
+    from eva_runtime.phases.context import Context
+    from eva_runtime.spec import parse_run
+
+    doc = {
+        "apiVersion": "eva.dev/v1alpha1",
+        "kind": "EvaRun",
+        "metadata": {"name": "r1"},
+        "spec": {
+            "policy": {"model": "org/model"},
+            "prompts": {"source": "p.jsonl"},
+            "rewardModel": {"model": "org/rm"},
+            "solver": solver,
+        },
+    }
+    return Context(run=parse_run(doc), run_dir=RunDir(tmp_path))
+
+
+def test_train_settings_carry_every_solver_field_they_share(tmp_path):
+    import dataclasses
+
+    from eva_runtime.phases.train import train_settings
+
+    ctx = _ctx(tmp_path, beta=0.05, learningRate=1e-5, epochs=2, maxLength=256)
+    settings = train_settings(ctx, num_pairs=100, iteration=1)
+    solver = ctx.spec.solver
+    shared = [
+        f.name
+        for f in dataclasses.fields(settings)
+        if hasattr(solver, f.name) and f.name not in ("lora", "deepspeed")
+    ]
+    assert {"beta", "learning_rate", "epochs", "max_length", "algorithm"} <= set(shared)
+    for name in shared:
+        assert getattr(settings, name) == getattr(solver, name), name
+    assert settings.seed == train_settings(ctx, num_pairs=100, iteration=1).seed
+    assert settings.seed != train_settings(ctx, num_pairs=100, iteration=2).seed
+
+
+@pytest.mark.parametrize(
+    ("per_device", "effective", "pairs", "accumulation"),
+    [
+        (2, 8, 100, 4),  # as asked
+        (2, 8, 5, 3),  # never more than the data holds: 5 pairs, 3 steps of 2
+        (2, 8, 1, 1),  # a tiny run still steps
+        (4, 2, 100, 1),  # the per-device batch is the floor
+    ],
+)
+def test_gradient_accumulation_reaches_the_effective_batch(
+    tmp_path, per_device, effective, pairs, accumulation
+):
+    from eva_runtime.phases.train import train_settings
+
+    ctx = _ctx(tmp_path, perDeviceBatchSize=per_device, effectiveBatchSize=effective)
+    assert train_settings(ctx, pairs, 0).gradient_accumulation_steps == accumulation
