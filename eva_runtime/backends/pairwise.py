@@ -240,12 +240,61 @@ def _special_wrap(tokenizer: Any) -> tuple[list[int], list[int]]:
     return [], []
 
 
-class RankerPreference:
+class _LocalPreference:
+    """What the local pairwise models share: batched, right-padded forward passes over the
+    encoded (prompt, a, b) triples, each read as the probability that a beats b."""
+
+    model_path: str
+    batch_size: int
+    label = "model"  # how errors name the model
+    pad_default: int | None = None  # the pad id where the tokenizer has none
+    _model: Any
+    _tokenizer: Any
+    _device: Any
+
+    def _encode(self, prompt: str, a: str, b: str) -> list[int]:
+        raise NotImplementedError
+
+    def _win_logits(self, ids: Any, mask: Any) -> Any:
+        """One logit per row: the log-odds that candidate a wins."""
+        raise NotImplementedError
+
+    def prefer(
+        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> list[float]:
+        import torch
+
+        if self._model is None:
+            raise RuntimeError("prefer() after close()")
+        encoded = [
+            self._encode(p, a, b) for p, a, b in zip(prompts, responses_a, responses_b, strict=True)
+        ]
+        out = [0.5] * len(encoded)
+        pad = self._tokenizer.pad_token_id
+        if pad is None:
+            pad = self.pad_default
+        for index, ids, mask in right_padded_batches(encoded, pad, self.batch_size):
+            with torch.inference_mode():
+                logits = self._win_logits(ids.to(self._device), mask.to(self._device))
+            for i, v in zip(index, torch.sigmoid(logits.float()).tolist(), strict=True):
+                out[i] = float(v)
+        return checked_probabilities(out, len(encoded), f"{self.label} {self.model_path}")
+
+    def close(self) -> None:
+        if self._model is None:
+            return
+        self._model = None
+        free_torch_memory()
+
+
+class RankerPreference(_LocalPreference):
     """A cross-encoder ranker: one sequence-classification logit, the log-odds a beats b.
 
     Too long inputs keep the end of each part in proportion (the prompt is cut first), so
     both candidates are always seen.
     """
+
+    label = "ranker"
 
     def __init__(
         self,
@@ -293,33 +342,9 @@ class RankerPreference:
             body += tag + (part[len(part) - keep :] if keep else [])
         return [*self._prefix, *body, *self._suffix]
 
-    def prefer(
-        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
-    ) -> list[float]:
-        import torch
-
-        if self._model is None:
-            raise RuntimeError("prefer() after close()")
-        encoded = [
-            self._encode(p, a, b) for p, a, b in zip(prompts, responses_a, responses_b, strict=True)
-        ]
-        out = [0.5] * len(encoded)
-        pad = self._tokenizer.pad_token_id
-        for index, ids, mask in right_padded_batches(encoded, pad, self.batch_size):
-            with torch.inference_mode():
-                logits = self._model(
-                    input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
-                ).logits
-            values = torch.sigmoid(logits.float().reshape(len(index), -1)[:, 0]).tolist()
-            for i, v in zip(index, values, strict=True):
-                out[i] = float(v)
-        return checked_probabilities(out, len(encoded), f"ranker {self.model_path}")
-
-    def close(self) -> None:
-        if self._model is None:
-            return
-        self._model = None
-        free_torch_memory()
+    def _win_logits(self, ids: Any, mask: Any) -> Any:
+        logits = self._model(input_ids=ids, attention_mask=mask).logits
+        return logits.reshape(len(ids), -1)[:, 0]
 
 
 # --------------------------------------------------------------------------- PairRM
@@ -384,7 +409,7 @@ def _pairrm_model_class() -> Any:
     return PairRMModel
 
 
-class PairRMPreference:
+class PairRMPreference(_LocalPreference):
     """PairRM (Jiang et al. 2023, the ranker of the eva reference code) from its checkpoint,
     e.g. a local copy of ``llm-blender/PairRM-hf``, without the llm-blender package.
 
@@ -393,6 +418,9 @@ class PairRMPreference:
     tokens and the candidates share the rest of 2048. P(a beats b) = sigmoid(mean over the
     head's tasks of head(source, a) - head(source, b)).
     """
+
+    label = "PairRM"
+    pad_default = 0  # a pad id always: batches of PairRM's size
 
     def __init__(self, model_path: str, *, batch_size: int = 8, dtype: str = "auto") -> None:
         from transformers import AutoTokenizer
@@ -426,30 +454,8 @@ class PairRMPreference:
         second = tok(RANKER_TAGS[2] + b, truncation=True, max_length=room)["input_ids"]
         return [*source, *first, *second]
 
-    def prefer(
-        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
-    ) -> list[float]:
-        import torch
-
-        if self._model is None:
-            raise RuntimeError("prefer() after close()")
-        encoded = [
-            self._encode(p, a, b) for p, a, b in zip(prompts, responses_a, responses_b, strict=True)
-        ]
-        out = [0.5] * len(encoded)
-        pad = self._tokenizer.pad_token_id or 0  # a pad id always: batches of PairRM's size
-        for index, ids, mask in right_padded_batches(encoded, pad, self.batch_size):
-            with torch.inference_mode():
-                logits = self._model(ids.to(self._device), mask.to(self._device))
-            for i, v in zip(index, torch.sigmoid(logits.float()).tolist(), strict=True):
-                out[i] = float(v)
-        return checked_probabilities(out, len(encoded), f"PairRM {self.model_path}")
-
-    def close(self) -> None:
-        if self._model is None:
-            return
-        self._model = None
-        free_torch_memory()
+    def _win_logits(self, ids: Any, mask: Any) -> Any:
+        return self._model(ids, mask)
 
 
 # --------------------------------------------------------------------------- judge
