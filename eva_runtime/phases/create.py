@@ -147,12 +147,13 @@ def _evolve(
     contamination = reference_index(ctx)
     ev = c.evolve.evolver
     plan = plan_methods(len(parents), c.evolve.variants_per_prompt, seed)
-    cands_meta: list[tuple[int, str]] = []
+    # One request per (parent, method); ``origins`` says whose rewrite each reply is.
+    origins: list[tuple[int, str]] = []
     requests: list[str] = []
-    for row, methods in zip(parents.itertuples(index=False), plan, strict=True):
+    for k, (row, methods) in enumerate(zip(parents.itertuples(index=False), plan, strict=True)):
         for m in methods:
             requests.append(evolve_request(row.prompt, m))
-            cands_meta.append((len(cands_meta), m))
+            origins.append((k, m))
     params = SamplingParams(
         n=1,
         temperature=ev.temperature,
@@ -169,15 +170,14 @@ def _evolve(
             replies = generator.generate(requests, params, on_progress=advance)
     finally:
         generator.close()
-    per_parent = c.evolve.variants_per_prompt
     candidates = []
-    for i, outs in enumerate(replies):
-        parent = parents.iloc[i // per_parent]
+    for (k, method), outs in zip(origins, replies, strict=True):
+        parent = parents.iloc[k]
         candidates.append(
             Candidate(
                 parent_id=str(parent["prompt_id"]),
                 parent=str(parent["prompt"]),
-                method=cands_meta[i][1],
+                method=method,
                 reply=outs[0].text,
             )
         )
