@@ -16,18 +16,14 @@ from typing import Any
 import numpy as np
 
 from eva_runtime.artifacts import write_output
-from eva_runtime.report import (
-    COLORS,
+from eva_runtime.report.figures import COLORS, _figs, _figure, _img, _style
+from eva_runtime.report.markup import (
     _e,
-    _figs,
-    _figure,
-    _img,
     _missing,
     _mpl_text,
     _num,
     _page,
     _section,
-    _style,
     _table,
 )
 from eva_runtime.summary import SPEND_FIELDS
