@@ -41,16 +41,10 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any
 
 from eva_runtime.backends._common import free_torch_memory
-from eva_runtime.spec import (
-    DPO_LOSS_TYPES,
-    LABEL_SMOOTHING_LOSSES,
-    Algorithm,
-    DeepSpeedMode,
-    Precision,
-)
+from eva_runtime.spec import LoraSpec, SolverSpec
 from eva_runtime.timing import timed
 
 if TYPE_CHECKING:
@@ -59,10 +53,6 @@ if TYPE_CHECKING:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
 logger = logging.getLogger(__name__)
-
-ALGORITHMS: tuple[str, ...] = tuple(a.value for a in Algorithm)
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-DEEPSPEED_MODES: tuple[str, ...] = get_args(DeepSpeedMode)
 
 # Prefix of the stdout lines through which launched workers stream their log records
 # back to the parent; everything else on stdout is ordinary output.
@@ -75,6 +65,29 @@ _ONE_TRAINING = threading.Lock()
 _STDERR_TAIL_LINES = 60
 
 
+# The spec's defaults are the library's: one statement of each, in ``eva_runtime.spec``.
+_SOLVER = SolverSpec()
+_LORA = LoraSpec()
+# TrainSettings' names for the spec's solver fields where they differ.
+_SPEC_NAMES = {"num_processes": "processes"}
+
+
+def _check_against_spec(model: type[SolverSpec] | type[LoraSpec], owner: str, values: dict) -> None:
+    """Validate ``values`` with the spec model that defines their bounds; a ValueError
+    naming ``owner``'s field (a pydantic error would name the spec's)."""
+    from pydantic import ValidationError
+
+    names = {v: k for k, v in _SPEC_NAMES.items()}
+    try:
+        model.model_validate(values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        field = names.get(where, where)
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"{owner}: {field + ': ' if field else ''}{message}") from None
+
+
 @dataclass(frozen=True)
 class LoraSettings:
     """LoRA adapter settings; ``merge`` decides what the next iteration gets to load.
@@ -84,17 +97,14 @@ class LoraSettings:
     when the base model is large and many iterations are kept.
     """
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int = _LORA.r
+    alpha: int = _LORA.alpha
+    dropout: float = _LORA.dropout
     target_modules: tuple[str, ...] | None = None
-    merge: bool = True
+    merge: bool = _LORA.merge
 
     def __post_init__(self) -> None:
-        if self.r <= 0:
-            raise ValueError(f"LoRA rank must be positive, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        _check_against_spec(LoraSpec, "LoraSettings", dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)
@@ -105,54 +115,40 @@ class TrainSettings:
     worker processes launched.
     """
 
-    algorithm: str = "dpo"
-    beta: float = 0.05
-    learning_rate: float = 5e-7
-    epochs: float = 2.0
-    per_device_batch_size: int = 2
+    algorithm: str = _SOLVER.algorithm
+    beta: float = _SOLVER.beta
+    learning_rate: float = _SOLVER.learning_rate
+    epochs: float = _SOLVER.epochs
+    per_device_batch_size: int = _SOLVER.per_device_batch_size
     gradient_accumulation_steps: int = 1
-    max_length: int = 2048
-    warmup_ratio: float = 0.1
-    lr_scheduler: str = "cosine"
-    simpo_gamma: float = 0.5
-    loss_type: str = "sigmoid"  # algorithm dpo: one of DPO_LOSS_TYPES
-    rpo_alpha: float = 1.0  # algorithm rpo: weight of the chosen response's NLL
-    label_smoothing: float = 0.0  # loss types robust, exo_pair
-    discopop_tau: float = 0.05  # loss type discopop
+    max_length: int = _SOLVER.max_length
+    warmup_ratio: float = _SOLVER.warmup_ratio
+    lr_scheduler: str = _SOLVER.lr_scheduler
+    simpo_gamma: float = _SOLVER.simpo_gamma
+    loss_type: str = _SOLVER.loss_type  # algorithm dpo: one of spec.DPO_LOSS_TYPES
+    rpo_alpha: float = _SOLVER.rpo_alpha  # algorithm rpo: weight of the chosen response's NLL
+    label_smoothing: float = _SOLVER.label_smoothing  # loss types robust, exo_pair
+    discopop_tau: float = _SOLVER.discopop_tau  # loss type discopop
     lora: LoraSettings | None = None
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
+    precision: str = _SOLVER.precision
+    gradient_checkpointing: bool = _SOLVER.gradient_checkpointing
     seed: int = 42
-    num_processes: int = 1
-    deepspeed: str = "none"
+    num_processes: int = _SOLVER.processes
+    deepspeed: str = _SOLVER.deepspeed
     logging_steps: int = 1
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.deepspeed not in DEEPSPEED_MODES:
-            raise ValueError(f"deepspeed must be one of {DEEPSPEED_MODES}, got {self.deepspeed!r}")
-        if self.num_processes < 1:
-            raise ValueError(f"num_processes must be at least 1, got {self.num_processes}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        for name in ("per_device_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        # The fields the spec's solver section shares are checked by the spec itself: one
+        # set of bounds and cross-field rules, whichever way a training is asked for.
+        shared = {
+            _SPEC_NAMES.get(f.name, f.name): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if _SPEC_NAMES.get(f.name, f.name) in SolverSpec.model_fields and f.name != "lora"
+        }
+        _check_against_spec(SolverSpec, "TrainSettings", shared)
+        for name in ("gradient_accumulation_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.epochs <= 0 or self.learning_rate <= 0 or self.max_length <= 0:
-            raise ValueError("epochs, learning_rate and max_length must be positive")
-        if self.loss_type not in DPO_LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {self.loss_type!r}")
-        if self.loss_type != "sigmoid" and self.algorithm != "dpo":
-            raise ValueError(f"loss_type {self.loss_type} is a loss of algorithm dpo")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.label_smoothing > 0 and self.loss_type not in LABEL_SMOOTHING_LOSSES:
-            raise ValueError(f"label_smoothing is read only by {LABEL_SMOOTHING_LOSSES}")
-        if self.rpo_alpha <= 0 or self.discopop_tau <= 0:
-            raise ValueError("rpo_alpha and discopop_tau must be positive")
 
 
 @dataclass(frozen=True)

@@ -114,3 +114,55 @@ def test_gradient_accumulation_reaches_the_effective_batch(
 
     ctx = _ctx(tmp_path, perDeviceBatchSize=per_device, effectiveBatchSize=effective)
     assert train_settings(ctx, pairs, 0).gradient_accumulation_steps == accumulation
+
+
+def test_train_settings_defaults_are_the_specs():
+    import dataclasses
+
+    from eva_runtime.solver.train import LoraSettings, TrainSettings
+    from eva_runtime.spec import LoraSpec, SolverSpec
+
+    solver, lora = SolverSpec(), LoraSpec()
+    names = {"num_processes": "processes"}
+    shared = [
+        f
+        for f in dataclasses.fields(TrainSettings)
+        if names.get(f.name, f.name) in SolverSpec.model_fields
+    ]
+    assert len(shared) >= 15
+    for f in shared:
+        if f.name != "lora":
+            assert f.default == getattr(solver, names.get(f.name, f.name)), f.name
+    for f in dataclasses.fields(LoraSettings):
+        if f.name != "target_modules":
+            assert f.default == getattr(lora, f.name), f.name
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"max_length": 8},
+            "TrainSettings: max_length: Input should be greater than or equal to 16",
+        ),
+        ({"learning_rate": 1.5}, "TrainSettings: learning_rate: Input should be less than 1"),
+        ({"num_processes": 0}, "TrainSettings: num_processes: Input should be greater than"),
+        ({"lr_scheduler": "step"}, "TrainSettings: lr_scheduler: Input should be 'linear'"),
+        ({"algorithm": "dpo", "rpo_alpha": 2.0}, "rpoAlpha: only algorithm rpo reads it"),
+        ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps must be at least 1"),
+    ],
+)
+def test_train_settings_are_bounded_by_the_spec(fields, message):
+    from eva_runtime.solver.train import TrainSettings
+
+    with pytest.raises(ValueError) as err:
+        TrainSettings(**fields)
+    assert message in str(err.value)
+
+
+def test_lora_settings_are_bounded_by_the_spec():
+    from eva_runtime.solver.train import LoraSettings
+
+    with pytest.raises(ValueError, match="LoraSettings: dropout: Input should be less than 1"):
+        LoraSettings(dropout=1.0)
+    assert LoraSettings(target_modules=("q_proj",)).target_modules == ("q_proj",)
