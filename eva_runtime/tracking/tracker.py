@@ -1,110 +1,59 @@
-"""MLflow tracking of an eva run, fed from the run directory after each step.
-
-Why the run directory drives tracking: every complete step already has a ``_SUCCESS.json``
-with its counts and the sha256 of each file, so MLflow only mirrors what the run directory
-holds and never becomes a second source of truth. ``Tracker.sync()`` logs every complete
-step that MLflow has not had yet, so it works the same after one step (a Kubernetes pod
-running ``eva phase``), at the end of ``eva run``, or days later (``eva track RUN_DIR``).
-
-**MLflow unreachable: the run directory is the buffer.** Training must not stop or stall
-because a tracking server is down, and nothing may be lost silently. So ``sync()`` gives
-MLflow a short leash (unless the user set them, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=1``,
-``..._BACKOFF_FACTOR=1``, ``..._BACKOFF_JITTER=0.5`` and ``..._TIMEOUT=10`` for the duration
-of the call: a refused connection fails in about a second, a black-holed one in about 20 s,
-instead of MLflow's default of minutes of retries) and raises ``TrackingUnavailable``, naming
-the tracking URI. A step is marked as logged only after all of it reached MLflow, so the
-next ``sync()`` (the next step, a resumed run, or ``eva track``) logs everything still
-missing. Metric timestamps come from the step's own timings, so a step that is sent again
-after a failure half-way repeats exactly the same points and MLflow's stores drop them as
-duplicates instead of doubling the curves.
-
-**Resume.** The MLflow ids (experiment, parent run, one nested run per iteration, model
-versions) and the set of steps already logged live in ``<run_dir>/tracking.json``, written
-atomically, keyed by tracking URI (credentials removed), so a resumed ``eva run`` or another
-pod continues the same MLflow runs, and the same run directory can also be sent to a second
-server. An advisory lock (``<run_dir>/.tracking.lock``) keeps two processes from creating the
-same runs twice.
-
-**What is logged, and where.**
-
-* Experiment ``spec.tracking.mlflow.experiment``, default ``<namespace>/<name>``; one parent
-  run per EvaRun (tags ``eva.name``, ``eva.namespace``, ``eva.uid``, ``eva.run_dir``); its
-  params are the flattened spec in the manifest's spelling (``creator.sampleFraction``),
-  except ``iterations``, which a run may raise later and MLflow params cannot change: it is
-  the tag ``eva.iterations``.
-* One nested run per iteration (``mlflow.parentRunId``, tag ``eva.iteration``). Each numeric
-  count of a step's ``_SUCCESS.json`` becomes the metric ``<step>/<count>`` at
-  ``step=iteration`` (``generate/reward_mean``, ``create/informativeness_q50``,
-  ``create/dropped_too_short``, ``train/pairs``, ``evaluate/win_rate``); the training history
-  becomes ``train/<column>`` at ``step=<training step>`` (``train/loss``,
-  ``train/rewards/accuracies``: TRL's own names, '/' is valid in MLflow metric names).
-* The parent gets curves over iterations (``step=iteration``): ``reward_mean``,
-  ``reward_gap_mean``, ``prompts_selected``, ``prompts_evolved``, ``pairs``, ``train_loss``,
-  ``reward_accuracy``, ``heldout_reward`` (the new policy's), ``win_rate``, and once
-  ``heldout_reward_base`` (the starting policy's).
-* Prompt sets are dataset inputs: ``initial``, ``heldout``, ``evolved-iter-<t>``,
-  ``mixed-iter-<t>`` and the preference pairs ``pairs-iter-<t>``, with the parquet file's URI
-  as source. MLflow caps a dataset digest at 36 characters, so the digest is the first 36 hex
-  digits of the file's sha256 (from ``_SUCCESS.json``); the full sha256 is in the dataset's
-  profile (``sha256``) and in the input tag ``eva.sha256``.
-* Each iteration's policy is a new version of the registered model ``<namespace>-<name>``
-  (registry names cannot hold '/'), with the model folder itself as source: weights are never
-  copied. Aliases ``iter-<t>`` and ``newest`` (MLflow reserves ``latest``; ``models:/<name>/
-  latest`` already means the highest version). Version tags give the URIs and sha256 of the
-  prompts and pairs that trained it (``eva.pairs_uri``, ``eva.pairs_sha256``, ``eva.evolved_*``,
-  ``eva.mixed_*``, ``eva.prompts_*``), so a version leads back to its data.
-
-**Model sources on a tracking server.** An MLflow server accepts a local folder as a model
-version source only inside the artifact directory of the run named with it (a guard against
-registering arbitrary server paths). When the iteration run's artifact directory is a local
-path that this process can write (the server and the run directory share a filesystem), the
-tracker makes that directory a symbolic link to the model folder, so the folder is the run's
-artifacts and the server accepts it; nothing else is ever written there, and MLflow's garbage
-collection refuses to delete through a link. When that is impossible (the server keeps
-artifacts elsewhere) the version is not registered: a warning says why and the iteration run
-keeps the tag ``eva.model_uri``. The embedded sqlite store has no such guard.
-"""
+"""The Tracker: mirrors one run directory into MLflow (see the package's docstring)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
+from urllib.parse import unquote, urlparse
 
-from eva_runtime.artifacts import SUCCESS, RunDir, StepDir, atomic_write_json
-from eva_runtime.errors import EvaError
+from eva_runtime.artifacts import RunDir, StepDir, atomic_write_json, sha256_file
 from eva_runtime.spec import ITERATION_STEPS, EvaRun, flatten
+from eva_runtime.tracking.names import (
+    TrackingUnavailable,
+    _redact,
+    experiment_name,
+    registered_model_name,
+    tracking_uri,
+)
+from eva_runtime.tracking.records import (
+    DIGEST_CHARS,
+    MAX_KEY,
+    _count_metrics,
+    _digest_of,
+    _finished_ms,
+    _is_number,
+    _is_unreachable,
+    _metric,
+    _mlflow_env,
+    _param_value,
+    _short,
+    _started_ms,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+
 STATE_FILE = "tracking.json"
+
+
 LOCK_FILE = ".tracking.lock"
+
+
 STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
 NEWEST_ALIAS = "newest"
-DIGEST_CHARS = 36  # mlflow.utils.validation.MAX_DATASET_DIGEST_SIZE
-MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
-MAX_KEY = 250  # MAX_ENTITY_KEY_LENGTH: metric and param names
+
+
 LOCK_WAIT_S = 60.0
 
-# Set for the duration of a sync, only where the user has not: see the module docstring.
-_HTTP_BOUNDS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    # `eva phase` and `eva track` print JSON on stdout; MLflow's run links would corrupt it.
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-}
-_INVALID_NAME_CHARS = re.compile(r"[^/\w.\- :]")
 
 # Counts that also make a curve over iterations on the parent run: (step, count) -> metric.
 _PARENT_METRICS = {
@@ -118,50 +67,6 @@ _PARENT_METRICS = {
     ("evaluate", "reward_new"): "heldout_reward",
     ("evaluate", "win_rate"): "win_rate",
 }
-
-
-class TrackingUnavailable(EvaError):
-    """MLflow did not take the update. The caller warns and goes on: the run directory still
-    holds every step and the next sync sends what is missing."""
-
-    def __init__(self, uri: str, reason: str, *, refused: bool = False):
-        self.uri = uri
-        what = "refused the update" if refused else "is unreachable"
-        super().__init__(
-            f"MLflow at {uri} {what} ({reason}); nothing was lost: the run directory keeps "
-            "every step and the next sync (or `eva track RUN_DIR`) logs what is missing"
-        )
-
-
-def tracking_uri(run: EvaRun, run_dir: Path) -> str:
-    """Where this run is tracked: the spec, else $MLFLOW_TRACKING_URI, else a sqlite file
-    beside the run folders, so tracking works with no server and `mlflow ui` can show it."""
-    configured = run.spec.tracking.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if configured:
-        return configured
-    workdir = Path(run_dir).resolve().parents[1]
-    return f"sqlite:///{workdir / 'mlflow.db'}"
-
-
-def experiment_name(run: EvaRun) -> str:
-    return run.spec.tracking.mlflow.experiment or f"{run.namespace}/{run.name}"
-
-
-def registered_model_name(run: EvaRun) -> str:
-    """'<namespace>-<name>': unique per EvaRun like the experiment, and registry names cannot
-    hold '/'."""
-    return f"{run.namespace}-{run.name}"
-
-
-def _redact(uri: str) -> str:
-    """The URI without user:password, for messages and for keys stored on disk."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True)
@@ -567,7 +472,7 @@ class Tracker:
         path = folder / file
         if not path.exists():
             return
-        sha = _digest_of(folder, file) or _sha256(path)
+        sha = _digest_of(folder, file) or sha256_file(path)
         frame = pd.read_parquet(path)
         with warnings.catch_warnings():
             # MLflow warns that a file URI matches two equivalent source types and that
@@ -676,7 +581,9 @@ class Tracker:
         for label, path in sets.items():
             if path.exists():
                 tags[f"eva.{label}_uri"] = path.as_uri()
-                tags[f"eva.{label}_sha256"] = _digest_of(path.parent, path.name) or _sha256(path)
+                tags[f"eva.{label}_sha256"] = _digest_of(path.parent, path.name) or sha256_file(
+                    path
+                )
         return tags
 
     def _link_run_artifacts(self, client: MlflowClient, rid: str, model_dir: Path) -> bool:
@@ -712,113 +619,3 @@ class Tracker:
                 client.set_terminated(rid, status, end_time=now)
                 srv["ended"][rid] = status
                 self._save(state)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def _mlflow_env() -> Iterator[None]:
-    added = {k: v for k, v in _HTTP_BOUNDS.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
-def _is_unreachable(exc: BaseException) -> bool:
-    """Connection refused, timeouts, exhausted retries, an unopenable database: anything a
-    later sync can get past (MLflow re-raises these without chaining, so walk the context)."""
-    import requests
-
-    transient: tuple[type[BaseException], ...] = (
-        requests.exceptions.ConnectionError,
-        requests.exceptions.Timeout,
-        requests.exceptions.RetryError,
-        ConnectionError,
-        TimeoutError,
-    )
-    with contextlib.suppress(ImportError):
-        from sqlalchemy.exc import OperationalError
-
-        transient = (*transient, OperationalError)
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, transient):
-            return True
-        if getattr(cur, "error_code", None) == "TEMPORARILY_UNAVAILABLE":
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
-
-
-def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return first if len(first) <= 300 else first[:297] + "..."
-
-
-def _param_value(v: Any) -> str:
-    text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-    return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float)  # bools too: they are counts of 0 or 1
-
-
-def _metric_key(key: str) -> str:
-    key = _INVALID_NAME_CHARS.sub("_", key)
-    key = re.sub(r"/{2,}", "/", key).strip("/")
-    return key[:MAX_KEY]
-
-
-def _metric(key: str, value: float | int | bool, ts: int, step: int) -> Any:
-    from mlflow.entities import Metric
-
-    return Metric(_metric_key(key), float(value), ts, int(step))
-
-
-def _count_metrics(step: str, counts: dict[str, Any], t: int, ts: int) -> list[Any]:
-    return [_metric(f"{step}/{k}", v, ts, t) for k, v in sorted(counts.items()) if _is_number(v)]
-
-
-def _digest_of(folder: Path, file: str) -> str | None:
-    """The sha256 that the step recorded when it wrote the file (the artifact's identity)."""
-    marker = folder / SUCCESS
-    if not marker.exists():
-        return None
-    digest = json.loads(marker.read_text()).get("digests", {}).get(file)
-    return str(digest) if digest else None
-
-
-def _sha256(path: Path) -> str:
-    from eva_runtime.artifacts import sha256_file
-
-    return sha256_file(path)
-
-
-def _started_ms(sd: StepDir) -> int:
-    """When the step began; a sharded step's own marker has no start, its shards do."""
-    markers = [sd.marker, *sorted(sd.path.glob(f"shard-*/{SUCCESS}"))]
-    starts = [
-        float(json.loads(m.read_text()).get("timings", {}).get("started") or 0)
-        for m in markers
-        if m.exists()
-    ]
-    starts = [s for s in starts if s > 0]
-    if starts:
-        return int(min(starts) * 1000)
-    return int(sd.marker.stat().st_mtime * 1000) if sd.complete() else int(time.time() * 1000)
-
-
-def _finished_ms(sd: StepDir, summary: dict[str, Any]) -> int:
-    """When the step ended: from its own timings, so a resend repeats the same timestamps."""
-    timings = summary.get("timings", {})
-    if timings.get("started") is not None:
-        return int((float(timings["started"]) + float(timings.get("seconds", 0))) * 1000)
-    return int(sd.marker.stat().st_mtime * 1000)
