@@ -181,12 +181,12 @@ def step_env(run: EvaRun, defaults: StepDefaults, step: str = "prepare") -> list
         env.append({"name": "MLFLOW_TRACKING_URI", "value": uri})
     if defaults.pushgateway_url:
         env.append({"name": "EVA_PUSHGATEWAY_URL", "value": defaults.pushgateway_url})
-    c = s.credentials
+    creds = s.credentials
     for var, ref in (
-        ("HF_TOKEN", c.hub_token),
-        ("MLFLOW_TRACKING_TOKEN", c.mlflow_token),
-        ("MLFLOW_TRACKING_USERNAME", c.mlflow_username),
-        ("MLFLOW_TRACKING_PASSWORD", c.mlflow_password),
+        ("HF_TOKEN", creds.hub_token),
+        ("MLFLOW_TRACKING_TOKEN", creds.mlflow_token),
+        ("MLFLOW_TRACKING_USERNAME", creds.mlflow_username),
+        ("MLFLOW_TRACKING_PASSWORD", creds.mlflow_password),
     ):
         if ref is not None:
             env.append(_secret_env(var, ref))
@@ -210,9 +210,9 @@ def build_job(
     active_deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
     """The Job for one step of one iteration (an Indexed Job for the generation steps)."""
-    d = defaults or StepDefaults()
-    s = run.spec
-    r = s.resources
+    defaults = defaults or StepDefaults()
+    spec = run.spec
+    res = spec.resources
     name = job_name(run.name, iteration, step, attempt)
     labels = {
         "app.kubernetes.io/name": "eva",
@@ -223,9 +223,9 @@ def build_job(
         LABEL_STEP: step,
         LABEL_ATTEMPT: str(attempt),
     }
-    if r.queue_name:
-        labels[LABEL_QUEUE] = r.queue_name
-    claim = artifact_claim(run, d)
+    if res.queue_name:
+        labels[LABEL_QUEUE] = res.queue_name
+    claim = artifact_claim(run, defaults)
     if not claim:
         raise ValueError(NO_CLAIM)
     args = [
@@ -238,18 +238,18 @@ def build_job(
         "--termination-log",
         TERMINATION_LOG,
     ]
-    shards = s.generation.shards if step in GENERATION_STEPS else 1
+    shards = spec.generation.shards if step in GENERATION_STEPS else 1
     if step in GENERATION_STEPS:
         args += ["--num-shards", str(shards)]
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": r.image or d.image,
-        "imagePullPolicy": d.image_pull_policy,
+        "image": res.image or defaults.image,
+        "imagePullPolicy": defaults.image_pull_policy,
         "command": ["eva"],
         "args": args,
-        "env": step_env(run, d, step),
+        "env": step_env(run, defaults, step),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "resources": _quantities(getattr(r, RESOURCES_OF[step]), d.gpu_resource),
+        "resources": _quantities(getattr(res, RESOURCES_OF[step]), defaults.gpu_resource),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -262,13 +262,13 @@ def build_job(
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
-            {"name": "artifacts", "mountPath": s.storage.mount_path},
+            {"name": "artifacts", "mountPath": spec.storage.mount_path},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "cache", "mountPath": "/cache"},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
     }
-    cache_claim = model_cache_claim(run, d)
+    cache_claim = model_cache_claim(run, defaults)
     if cache_claim:
         container["volumeMounts"].append({"name": "models", "mountPath": MODEL_CACHE_MOUNT})
     pod_spec: dict[str, Any] = {
@@ -294,22 +294,22 @@ def build_job(
         pod_spec["volumes"].append(
             {"name": "models", "persistentVolumeClaim": {"claimName": cache_claim}}
         )
-    account = r.service_account_name or d.service_account_name
+    account = res.service_account_name or defaults.service_account_name
     if account:
         pod_spec["serviceAccountName"] = account
-    secrets = list(r.image_pull_secrets) or list(d.image_pull_secrets)
+    secrets = list(res.image_pull_secrets) or list(defaults.image_pull_secrets)
     if secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in secrets]
-    node_selector = {**d.node_selector, **r.node_selector}
+    node_selector = {**defaults.node_selector, **res.node_selector}
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
-    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in r.tolerations]
-    if tolerations or d.tolerations:
-        pod_spec["tolerations"] = tolerations or [dict(t) for t in d.tolerations]
-    affinity = r.affinity or d.affinity
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations]
+    if tolerations or defaults.tolerations:
+        pod_spec["tolerations"] = tolerations or [dict(t) for t in defaults.tolerations]
+    affinity = res.affinity or defaults.affinity
     if affinity:
         pod_spec["affinity"] = affinity
-    priority = r.priority_class_name or d.priority_class_name
+    priority = res.priority_class_name or defaults.priority_class_name
     if priority:
         pod_spec["priorityClassName"] = priority
     job_spec: dict[str, Any] = {
@@ -329,8 +329,8 @@ def build_job(
         job_spec["completionMode"] = "Indexed"
     if active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = max(1, int(active_deadline_seconds))
-    if s.run_policy.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = s.run_policy.ttl_seconds_after_finished
+    if spec.run_policy.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from eva_operator import conditions as c
+from eva_operator import conditions as cond
 from eva_operator.jobs import (
     CONTAINER,
     NO_CLAIM,
@@ -218,11 +218,11 @@ def observe_pod(pod: dict[str, Any]) -> PodView:
             started = state["terminated"].get("startedAt") or started
             finished = state["terminated"].get("finishedAt")
     unschedulable = ""
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            unschedulable = cond.get("message") or cond.get("reason") or "Unschedulable"
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "True":
-            scheduled = cond.get("lastTransitionTime")
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            unschedulable = condition.get("message") or condition.get("reason") or "Unschedulable"
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "True":
+            scheduled = condition.get("lastTransitionTime")
     return PodView(
         name=meta.get("name", ""),
         job=labels.get("batch.kubernetes.io/job-name") or labels.get("job-name", ""),
@@ -364,26 +364,17 @@ def plan(
     status.setdefault("history", [])
     if generation is not None:
         status["observedGeneration"] = generation
-    if status.get("phase") == c.FAILED:
+    if status.get("phase") == cond.FAILED:
         return acts
-    try:
-        er = parse_run({k: run.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
-    except SpecError as exc:
-        fail(acts, c.INVALID_SPEC, "; ".join(exc.errors), ts, generation)
-        return acts
-    if not artifact_claim(er, defaults or StepDefaults()):
-        fail(acts, c.INVALID_SPEC, NO_CLAIM, ts, generation)
-        return acts
-    missing = unsupported(er, server or ServerFeatures())
-    if missing:
-        fail(acts, c.UNSUPPORTED_BY_CLUSTER, "; ".join(missing), ts, generation)
+    er = _admitted(acts, run, defaults, server, ts, generation)
+    if er is None:
         return acts
     if not status.get("phase"):
-        status["phase"] = c.PENDING
+        status["phase"] = cond.PENDING
         status["startTime"] = ts
     seq = sequence(er)
     done = set(status["completed"])
-    if status.get("phase") == c.SUCCEEDED and all(step_key(t, s) in done for t, s in seq):
+    if status.get("phase") == cond.SUCCEEDED and all(step_key(t, s) in done for t, s in seq):
         return acts
     views = {v.name: v for v in (observe_job(j) for j in jobs)}
     pod_views = [observe_pod(p) for p in pods]
@@ -395,43 +386,15 @@ def plan(
         acts.delete += [v.name for v in live]
         fail(
             acts,
-            c.DEADLINE_EXCEEDED,
+            cond.DEADLINE_EXCEEDED,
             f"the run exceeded runPolicy.activeDeadlineSeconds ({rp.active_deadline_seconds} s)",
             ts,
             generation,
         )
         return acts
 
-    if rp.suspend:
-        acts.delete += [v.name for v in live]
-        if status.get("phase") != c.SUSPENDED:
-            status["phase"] = c.SUSPENDED
-            where = _where(status)
-            msg = f"suspended at {where}; set runPolicy.suspend: false to resume"
-            status["conditions"] = c.set_condition(
-                status["conditions"],
-                c.COND_SUSPENDED,
-                True,
-                c.SUSPENDED_REASON,
-                msg,
-                ts,
-                generation,
-            )
-            status["conditions"] = c.set_condition(
-                status["conditions"], c.COND_RUNNING, False, c.SUSPENDED_REASON, msg, ts, generation
-            )
-            acts.events.append(Event("Normal", c.SUSPENDED_REASON, msg))
+    if _suspended_or_resumed(acts, rp.suspend, live, ts, generation):
         return acts
-    if status.get("phase") == c.SUSPENDED:
-        msg = f"resumed at {_where(status)}"
-        status["conditions"] = c.set_condition(
-            status["conditions"], c.COND_SUSPENDED, False, c.RESUMED, msg, ts, generation
-        )
-        status["conditions"] = c.set_condition(
-            status["conditions"], c.COND_RUNNING, True, c.RESUMED, msg, ts, generation
-        )
-        acts.events.append(Event("Normal", c.RESUMED, msg))
-        status["phase"] = c.RUNNING
 
     for t, step in seq:
         key = step_key(t, step)
@@ -465,80 +428,191 @@ def plan(
             return acts  # a suspended or replaced Job is still going away; wait for it
         mine = [p for p in pod_views if p.job == name]
         if job.state == "succeeded":
-            summary = step_summary(mine)
-            seconds = _seconds_since(status.get("stepStartTime"), now)
-            stages = step_stages(job.created, mine)
-            _record(status, er, t, step, name, attempt, summary, ts, seconds, stages)
-            done.add(key)
-            status["completed"] = [step_key(*k) for k in seq if step_key(*k) in done]
-            acts.finished_steps.append((step, seconds))
-            acts.step_stages += [(step, stage, s) for stage, s in stages.items()]
-            counts = summary.get("counts") or {}
-            msg = f"iteration {t} step {step} complete" + _brief(step, counts)
-            acts.events.append(Event("Normal", c.STEP_SUCCEEDED, msg))
-            if step == iteration_steps(er.spec)[-1]:
-                acts.events.append(
-                    Event(
-                        "Normal",
-                        c.ITERATION_SUCCEEDED,
-                        f"iteration {t} complete" + _brief(step, counts),
-                    )
-                )
+            _step_succeeded(acts, er, seq, done, t, step, attempt, job, mine, now, ts)
             continue
         if job.state == "failed":
-            why = failure_message(job, mine)
             acts.failed_jobs.append((step, job.reason or "Failed"))
+            why = failure_message(job, mine)
             if attempt < rp.backoff_limit:
-                status["attempt"] = attempt + 1
-                status["retries"] = int(status.get("retries", 0)) + 1
-                msg = (
-                    f"iteration {t} step {step} failed (attempt {attempt + 1} of "
-                    f"{rp.backoff_limit + 1}), retrying: {why}"
-                )
-                acts.events.append(Event("Warning", c.STEP_RETRYING, msg))
+                _retrying(acts, t, step, attempt, rp.backoff_limit, why)
                 # The next attempt starts in this same plan.
                 return _again(acts, run, status, jobs, pods, now, defaults, events, server)
             fail(
                 acts,
-                c.BACKOFF_LIMIT_EXCEEDED,
+                cond.BACKOFF_LIMIT_EXCEEDED,
                 f"iteration {t} step {step} failed {attempt + 1} times "
                 f"(runPolicy.backoffLimit {rp.backoff_limit}); last error: {why}",
                 ts,
                 generation,
             )
             return acts
-        # active: fail fast on pods that cannot start, or that were never created
-        stuck = _stuck_pod(mine, job, now, rp.pending_deadline_seconds)
-        reason = c.POD_PENDING_TOO_LONG
-        if stuck is None and not mine:
-            stuck, reason = _no_pods(job, now, rp.pending_deadline_seconds), c.PODS_NOT_CREATED
-        if stuck is not None:
-            acts.delete.append(name)
-            acts.failed_jobs.append((step, reason))
-            fail(acts, reason, stuck, ts, generation)
-            return acts
-        blocked = _blocked(job, mine, events or [])
-        if blocked is not None:
-            _set_blocked(acts, blocked[0], blocked[1], ts, generation)
-        elif mine:
-            _clear_blocked(acts, f"the pods of Job {name} exist and can run", ts, generation)
+        _step_active(
+            acts, step, job, mine, events or [], now, rp.pending_deadline_seconds, ts, generation
+        )
         return acts
 
-    # Every step complete.
+    _run_succeeded(acts, er, ts, generation)
+    return acts
+
+
+def _admitted(
+    acts: Actions,
+    run: dict[str, Any],
+    defaults: StepDefaults | None,
+    server: ServerFeatures | None,
+    ts: str,
+    generation: int | None,
+) -> EvaRun | None:
+    """The run's spec, parsed; None (and the run failed) where the operator cannot run it."""
+    try:
+        er = parse_run({k: run.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
+    except SpecError as exc:
+        fail(acts, cond.INVALID_SPEC, "; ".join(exc.errors), ts, generation)
+        return None
+    if not artifact_claim(er, defaults or StepDefaults()):
+        fail(acts, cond.INVALID_SPEC, NO_CLAIM, ts, generation)
+        return None
+    missing = unsupported(er, server or ServerFeatures())
+    if missing:
+        fail(acts, cond.UNSUPPORTED_BY_CLUSTER, "; ".join(missing), ts, generation)
+        return None
+    return er
+
+
+def _suspended_or_resumed(
+    acts: Actions, suspend: bool, live: list[JobView], ts: str, generation: int | None
+) -> bool:
+    """runPolicy.suspend: stop the live Jobs and say so once (True: nothing more to do);
+    a suspended run whose flag was cleared resumes (False: plan on)."""
+    status = acts.status
+    if suspend:
+        acts.delete += [v.name for v in live]
+        if status.get("phase") != cond.SUSPENDED:
+            status["phase"] = cond.SUSPENDED
+            where = _where(status)
+            msg = f"suspended at {where}; set runPolicy.suspend: false to resume"
+            status["conditions"] = cond.set_condition(
+                status["conditions"],
+                cond.COND_SUSPENDED,
+                True,
+                cond.SUSPENDED_REASON,
+                msg,
+                ts,
+                generation,
+            )
+            status["conditions"] = cond.set_condition(
+                status["conditions"],
+                cond.COND_RUNNING,
+                False,
+                cond.SUSPENDED_REASON,
+                msg,
+                ts,
+                generation,
+            )
+            acts.events.append(Event("Normal", cond.SUSPENDED_REASON, msg))
+        return True
+    if status.get("phase") == cond.SUSPENDED:
+        msg = f"resumed at {_where(status)}"
+        status["conditions"] = cond.set_condition(
+            status["conditions"], cond.COND_SUSPENDED, False, cond.RESUMED, msg, ts, generation
+        )
+        status["conditions"] = cond.set_condition(
+            status["conditions"], cond.COND_RUNNING, True, cond.RESUMED, msg, ts, generation
+        )
+        acts.events.append(Event("Normal", cond.RESUMED, msg))
+        status["phase"] = cond.RUNNING
+    return False
+
+
+def _step_succeeded(
+    acts: Actions,
+    er: EvaRun,
+    seq: list[tuple[int, str]],
+    done: set[str],
+    t: int,
+    step: str,
+    attempt: int,
+    job: JobView,
+    mine: list[PodView],
+    now: datetime,
+    ts: str,
+) -> None:
+    """Record a finished step: its counts in the status, its time, its Events."""
+    status = acts.status
+    summary = step_summary(mine)
+    seconds = _seconds_since(status.get("stepStartTime"), now)
+    stages = step_stages(job.created, mine)
+    _record(status, er, t, step, job.name, attempt, summary, ts, seconds, stages)
+    done.add(step_key(t, step))
+    status["completed"] = [step_key(*k) for k in seq if step_key(*k) in done]
+    acts.finished_steps.append((step, seconds))
+    acts.step_stages += [(step, stage, s) for stage, s in stages.items()]
+    counts = summary.get("counts") or {}
+    msg = f"iteration {t} step {step} complete" + _brief(step, counts)
+    acts.events.append(Event("Normal", cond.STEP_SUCCEEDED, msg))
+    if step == iteration_steps(er.spec)[-1]:
+        acts.events.append(
+            Event(
+                "Normal", cond.ITERATION_SUCCEEDED, f"iteration {t} complete" + _brief(step, counts)
+            )
+        )
+
+
+def _retrying(acts: Actions, t: int, step: str, attempt: int, limit: int, why: str) -> None:
+    """A failed attempt with attempts left: the next one is planned at once."""
+    status = acts.status
+    status["attempt"] = attempt + 1
+    status["retries"] = int(status.get("retries", 0)) + 1
+    msg = (
+        f"iteration {t} step {step} failed (attempt {attempt + 1} of {limit + 1}), retrying: {why}"
+    )
+    acts.events.append(Event("Warning", cond.STEP_RETRYING, msg))
+
+
+def _step_active(
+    acts: Actions,
+    step: str,
+    job: JobView,
+    mine: list[PodView],
+    events: list[dict[str, Any]],
+    now: datetime,
+    pending_deadline: int | None,
+    ts: str,
+    generation: int | None,
+) -> None:
+    """A running step: fail fast on pods that cannot start or were never created; say when
+    the cluster blocks its pods, and when it no longer does."""
+    stuck = _stuck_pod(mine, job, now, pending_deadline)
+    reason = cond.POD_PENDING_TOO_LONG
+    if stuck is None and not mine:
+        stuck, reason = _no_pods(job, now, pending_deadline), cond.PODS_NOT_CREATED
+    if stuck is not None:
+        acts.delete.append(job.name)
+        acts.failed_jobs.append((step, reason))
+        fail(acts, reason, stuck, ts, generation)
+        return
+    blocked = _blocked(job, mine, events)
+    if blocked is not None:
+        _set_blocked(acts, blocked[0], blocked[1], ts, generation)
+    elif mine:
+        _clear_blocked(acts, f"the pods of Job {job.name} exist and can run", ts, generation)
+
+
+def _run_succeeded(acts: Actions, er: EvaRun, ts: str, generation: int | None) -> None:
+    status = acts.status
     _clear_blocked(acts, "every step is complete", ts, generation)
-    status.update({"phase": c.SUCCEEDED, "completionTime": ts, "attempt": 0})
+    status.update({"phase": cond.SUCCEEDED, "completionTime": ts, "attempt": 0})
     status.pop("job", None)
     msg = f"{er.spec.iterations} iterations complete" + _brief(
         "evaluate", {"reward_new": status.get("reward"), "win_rate": status.get("winRate")}
     )
-    status["conditions"] = c.set_condition(
-        status["conditions"], c.COND_RUNNING, False, c.RUN_SUCCEEDED, msg, ts, generation
+    status["conditions"] = cond.set_condition(
+        status["conditions"], cond.COND_RUNNING, False, cond.RUN_SUCCEEDED, msg, ts, generation
     )
-    status["conditions"] = c.set_condition(
-        status["conditions"], c.COND_SUCCEEDED, True, c.RUN_SUCCEEDED, msg, ts, generation
+    status["conditions"] = cond.set_condition(
+        status["conditions"], cond.COND_SUCCEEDED, True, cond.RUN_SUCCEEDED, msg, ts, generation
     )
-    acts.events.append(Event("Normal", c.RUN_SUCCEEDED, msg))
-    return acts
+    acts.events.append(Event("Normal", cond.RUN_SUCCEEDED, msg))
 
 
 def _blocked(
@@ -549,7 +623,7 @@ def _blocked(
         if p.phase == "Pending" and (p.unschedulable or p.waiting_reason in STUCK_REASONS):
             why = p.waiting_reason or "Unschedulable"
             detail = p.waiting_message or p.unschedulable
-            return c.POD_PENDING, f"pod {p.name} of Job {job.name}: {why}" + (
+            return cond.POD_PENDING, f"pod {p.name} of Job {job.name}: {why}" + (
                 f": {detail}" if detail else ""
             )
     if pods:
@@ -563,29 +637,29 @@ def _blocked(
     if not refused:
         return None
     last = max(refused, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
-    return c.PODS_NOT_CREATED, (
+    return cond.PODS_NOT_CREATED, (
         f"Job {job.name} cannot create its pods: {last.get('message') or 'FailedCreate'}"
     )
 
 
 def _set_blocked(acts: Actions, reason: str, message: str, ts: str, gen: int | None) -> None:
     status = acts.status
-    old = c.condition(status["conditions"], c.COND_STEP_BLOCKED) or {}
+    old = cond.condition(status["conditions"], cond.COND_STEP_BLOCKED) or {}
     if old.get("status") == "True" and old.get("message") == message:
         return
-    status["conditions"] = c.set_condition(
-        status["conditions"], c.COND_STEP_BLOCKED, True, reason, message, ts, gen
+    status["conditions"] = cond.set_condition(
+        status["conditions"], cond.COND_STEP_BLOCKED, True, reason, message, ts, gen
     )
     acts.events.append(Event("Warning", reason, message))
 
 
 def _clear_blocked(acts: Actions, message: str, ts: str, gen: int | None) -> None:
     status = acts.status
-    old = c.condition(status["conditions"], c.COND_STEP_BLOCKED)
+    old = cond.condition(status["conditions"], cond.COND_STEP_BLOCKED)
     if old is None or old.get("status") != "True":
         return
-    status["conditions"] = c.set_condition(
-        status["conditions"], c.COND_STEP_BLOCKED, False, c.PROGRESSING, message, ts, gen
+    status["conditions"] = cond.set_condition(
+        status["conditions"], cond.COND_STEP_BLOCKED, False, cond.PROGRESSING, message, ts, gen
     )
 
 
@@ -606,7 +680,7 @@ def next_wake(
 ) -> float | None:
     """Seconds until the plan's answer could change with time alone (a deadline), or a
     re-check of a step Job that has made no pod yet (its FailedCreate Events)."""
-    if status.get("phase") not in (c.RUNNING, c.PENDING):
+    if status.get("phase") not in (cond.RUNNING, cond.PENDING):
         return None
     try:
         policy = RunPolicy.model_validate((run.get("spec") or {}).get("runPolicy") or {})
@@ -658,15 +732,15 @@ def _start_step(
 ) -> None:
     status = acts.status
     _clear_blocked(acts, f"iteration {t} step {step} started", ts, generation)
-    if status.get("phase") == c.SUCCEEDED:  # more iterations were asked for: not done after all
+    if status.get("phase") == cond.SUCCEEDED:  # more iterations were asked for: not done after all
         msg = f"continuing with iteration {t}"
-        status["conditions"] = c.set_condition(
-            status["conditions"], c.COND_SUCCEEDED, False, c.CONTINUED, msg, ts, generation
+        status["conditions"] = cond.set_condition(
+            status["conditions"], cond.COND_SUCCEEDED, False, cond.CONTINUED, msg, ts, generation
         )
         status.pop("completionTime", None)
     status.update(
         {
-            "phase": c.RUNNING,
+            "phase": cond.RUNNING,
             "iteration": t,
             "step": step,
             "attempt": attempt,
@@ -677,10 +751,10 @@ def _start_step(
     msg = f"iteration {t} step {step}: Job {name}" + (
         f" (attempt {attempt + 1})" if attempt else ""
     )
-    status["conditions"] = c.set_condition(
-        status["conditions"], c.COND_RUNNING, True, c.STEP_STARTED, msg, ts, generation
+    status["conditions"] = cond.set_condition(
+        status["conditions"], cond.COND_RUNNING, True, cond.STEP_STARTED, msg, ts, generation
     )
-    acts.events.append(Event("Normal", c.STEP_STARTED, msg))
+    acts.events.append(Event("Normal", cond.STEP_STARTED, msg))
 
 
 def _again(
@@ -743,14 +817,14 @@ def _no_pods(job: JobView, now: datetime, deadline: int | None) -> str | None:
 
 def fail(acts: Actions, reason: str, message: str, ts: str, generation: int | None) -> None:
     s = acts.status
-    s.update({"phase": c.FAILED, "reason": reason, "message": message, "completionTime": ts})
+    s.update({"phase": cond.FAILED, "reason": reason, "message": message, "completionTime": ts})
     s["conditions"] = s.get("conditions") or []
     _clear_blocked(acts, "the run failed", ts, generation)
-    s["conditions"] = c.set_condition(
-        s["conditions"], c.COND_RUNNING, False, reason, message, ts, generation
+    s["conditions"] = cond.set_condition(
+        s["conditions"], cond.COND_RUNNING, False, reason, message, ts, generation
     )
-    s["conditions"] = c.set_condition(
-        s["conditions"], c.COND_FAILED, True, reason, message, ts, generation
+    s["conditions"] = cond.set_condition(
+        s["conditions"], cond.COND_FAILED, True, reason, message, ts, generation
     )
     acts.events.append(Event("Warning", reason, message))
 

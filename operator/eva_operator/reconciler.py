@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from eva_operator import conditions as c
+from eva_operator import conditions as cond
 from eva_operator.jobs import StepDefaults
 from eva_operator.kube import (
     Kube,
@@ -212,9 +212,9 @@ class Reconciler:
         labels = (run.get("metadata") or {}).get("labels")
         self.metrics.observe_labels(namespace, name, labels if isinstance(labels, dict) else {})
         phase = acts.status.get("phase")
-        if phase in c.TERMINAL and old_status.get("phase") != phase:
+        if phase in cond.TERMINAL and old_status.get("phase") != phase:
             await self.end_tracking(
-                run, acts.status, "FINISHED" if phase == c.SUCCEEDED else "FAILED"
+                run, acts.status, "FINISHED" if phase == cond.SUCCEEDED else "FAILED"
             )
         wake = next_wake(run, acts.status, jobs, pods, now)
         if wake is not None:
@@ -232,7 +232,7 @@ class Reconciler:
             if verdict == "rejected":
                 fail(
                     acts,
-                    c.JOB_REJECTED,
+                    cond.JOB_REJECTED,
                     f"the API server refused Job {manifest['metadata']['name']}: {exc}",
                     rfc3339(datetime.now(UTC)),
                     None,
