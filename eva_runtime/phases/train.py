@@ -26,7 +26,7 @@ from eva_runtime.solver.pairs import preference_pairs, win_probabilities
 from eva_runtime.timing import timed
 
 if TYPE_CHECKING:
-    from eva_runtime.solver.train import TrainSettings
+    from eva_runtime.solver.settings import TrainSettings
 
 
 def pairs_from(
@@ -66,7 +66,7 @@ def pairs_from(
 
 def train_settings(ctx: Context, num_pairs: int, iteration: int) -> TrainSettings:
     from eva_runtime.phases.context import derive_seed
-    from eva_runtime.solver.train import LoraSettings, TrainSettings
+    from eva_runtime.solver.settings import LoraSettings, TrainSettings
 
     s = ctx.spec.solver
     per_step = s.per_device_batch_size * s.processes
@@ -167,7 +167,8 @@ def run_train(ctx: Context, iteration: int) -> dict:
         with timed("write"):
             shutil.copytree(policy, sd.path / "model")
         return sd.finish({**counts, "steps": 0, "trained": 0, "train_tokens": 0}, policy=policy)
-    from eva_runtime.solver.train import pair_tokens, train_policy
+    from eva_runtime.solver.data import pair_tokens
+    from eva_runtime.solver.train import train_policy
 
     settings = train_settings(ctx, len(pairs), iteration)
     history: list[dict] = []

@@ -14,11 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from eva_runtime.solver.train import (
-    LOG_MARKER,
-    settings_from_dict,
-    train_in_this_process,
-)
+from eva_runtime.solver.launch import LOG_MARKER
+from eva_runtime.solver.settings import settings_from_dict
+from eva_runtime.solver.trainer import train_in_this_process
 
 
 def _emit(record: dict) -> None:

@@ -19,7 +19,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from eva_runtime.solver import train as train_mod
+from eva_runtime.solver import launch as launch_mod
+from eva_runtime.solver import settings as settings_mod
+from eva_runtime.solver import trainer as trainer_mod
 from eva_runtime.solver.train import (
     LoraSettings,
     TrainResult,
@@ -217,7 +219,7 @@ def test_dpo_reference_is_the_start_policy(
 ) -> None:
     """The policy object's name_or_path points at another model; the reference must not."""
     decoy = build_tiny_model(tmp_path / "decoy", seed=1)
-    load = train_mod._load_causal_lm
+    load = trainer_mod._load_causal_lm
 
     def load_with_foreign_name(path: str, dtype: Any) -> Any:
         model = load(path, dtype)
@@ -225,8 +227,8 @@ def test_dpo_reference_is_the_start_policy(
         model.name_or_path = str(decoy)
         return model
 
-    monkeypatch.setattr(train_mod, "_load_causal_lm", load_with_foreign_name)
-    trainer = train_mod._build_trainer(
+    monkeypatch.setattr(trainer_mod, "_load_causal_lm", load_with_foreign_name)
+    trainer = trainer_mod._build_trainer(
         PAIRS, model_path=str(start_model), settings=FAST, scratch_dir=str(tmp_path / "scratch")
     )
 
@@ -314,10 +316,10 @@ def test_malformed_pairs_and_settings_are_rejected(start_model: Path, tmp_path: 
         )
     with pytest.raises(ValueError, match="algorithm"):
         TrainSettings(algorithm="ppo")
-    roundtrip = train_mod.settings_from_dict(
+    roundtrip = settings_mod.settings_from_dict(
         json.loads(
             json.dumps(
-                train_mod.settings_to_dict(
+                settings_mod.settings_to_dict(
                     TrainSettings(lora=LoraSettings(target_modules=("q_proj",)))
                 )
             )
@@ -332,7 +334,7 @@ def test_zero3_launch_config_is_accepted_by_accelerate(tmp_path: Path) -> None:
 
     settings = TrainSettings(num_processes=4, deepspeed="zero3")
     path = tmp_path / "accelerate.json"
-    path.write_text(json.dumps(train_mod._accelerate_config(settings, "bf16")))
+    path.write_text(json.dumps(launch_mod._accelerate_config(settings, "bf16")))
     config = ClusterConfig.from_json_file(json_file=str(path))
     assert config.distributed_type == "DEEPSPEED"
     assert config.num_processes == 4 and config.mixed_precision == "bf16"

@@ -119,7 +119,7 @@ def test_gradient_accumulation_reaches_the_effective_batch(
 def test_train_settings_defaults_are_the_specs():
     import dataclasses
 
-    from eva_runtime.solver.train import LoraSettings, TrainSettings
+    from eva_runtime.solver.settings import LoraSettings, TrainSettings
     from eva_runtime.spec import LoraSpec, SolverSpec
 
     solver, lora = SolverSpec(), LoraSpec()
@@ -153,7 +153,7 @@ def test_train_settings_defaults_are_the_specs():
     ],
 )
 def test_train_settings_are_bounded_by_the_spec(fields, message):
-    from eva_runtime.solver.train import TrainSettings
+    from eva_runtime.solver.settings import TrainSettings
 
     with pytest.raises(ValueError) as err:
         TrainSettings(**fields)
@@ -161,7 +161,7 @@ def test_train_settings_are_bounded_by_the_spec(fields, message):
 
 
 def test_lora_settings_are_bounded_by_the_spec():
-    from eva_runtime.solver.train import LoraSettings
+    from eva_runtime.solver.settings import LoraSettings
 
     with pytest.raises(ValueError, match="LoraSettings: dropout: Input should be less than 1"):
         LoraSettings(dropout=1.0)
