@@ -15,7 +15,7 @@ from .generation import (
     TransformersGenerator,
     make_generator,
 )
-from .reward import (
+from .reward_model import (
     JUDGE_FALLBACK_SCORE,
     REWARD_TYPES,
     ClassifierReward,

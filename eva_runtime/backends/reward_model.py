@@ -61,7 +61,7 @@ class RewardModel(Protocol):
 
 
 def make_reward_model(
-    type: str,
+    kind: str,
     *,
     model: str | None = None,
     function: str | None = None,
@@ -73,7 +73,7 @@ def make_reward_model(
     both_orders: bool = True,
 ) -> RewardModel:
     """Build the reward model a run's ``rewardModel`` section describes."""
-    kind = str(getattr(type, "value", type))
+    kind = str(getattr(kind, "value", kind))  # a RewardType member or its value
     if kind not in REWARD_TYPES:
         raise ValueError(f"unknown reward model type {kind!r}; choose one of {REWARD_TYPES}")
     if kind == "pairwise":

@@ -206,7 +206,7 @@ class Context:
 
     def _reward_model(self) -> Any:
         from eva_runtime.backends.generation import make_generator
-        from eva_runtime.backends.reward import make_reward_model
+        from eva_runtime.backends.reward_model import make_reward_model
 
         rm = self.spec.reward_model
         judge = None

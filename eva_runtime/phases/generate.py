@@ -28,7 +28,7 @@ from eva_runtime.timing import timed
 
 if TYPE_CHECKING:
     from eva_runtime.backends.protocol import SamplingParams
-    from eva_runtime.backends.reward import RewardModel
+    from eva_runtime.backends.reward_model import RewardModel
 
 
 def _sampling(ctx: Context, seed: int) -> SamplingParams:

@@ -18,7 +18,7 @@ from eva_runtime.backends.pairwise import (
     PairwiseReward,
     RankerPreference,
 )
-from eva_runtime.backends.reward import make_reward_model
+from eva_runtime.backends.reward_model import make_reward_model
 from judge_stub import judge_stub
 
 PROMPTS = ["What is the capital of France?"] * 3 + ["Explain why the sky is blue."] * 2

@@ -163,7 +163,7 @@ def test_the_operator_imports_no_ml_library_nor_pandas() -> None:
 def test_one_reading_of_a_python_reward_reference() -> None:
     """The spec, the reward backend and the preflight agree: 'module:Class.method' is a
     reference, a bare name or a bad path is not."""
-    from eva_runtime.backends.reward import load_function
+    from eva_runtime.backends.reward_model import load_function
     from eva_runtime.spec import parse_function_ref
 
     assert parse_function_ref("decimal:Decimal.from_float") == ("decimal", "Decimal.from_float")
