@@ -95,15 +95,15 @@ def model_cache_root(run: EvaRun, defaults: StepDefaults) -> str:
     return f"{run.spec.storage.mount_path.rstrip('/')}/{ARTIFACT_CACHE_FOLDER}"
 
 
-def job_name(run: str, iteration: int, step: str, attempt: int = 0) -> str:
+def job_name(run_name: str, iteration: int, step: str, attempt: int = 0) -> str:
     """``<run>-i<t>-<step>`` (``-r<k>`` for the k-th retry), hash-shortened past 63 characters."""
     suffix = f"-i{iteration}-{step}" + (f"-r{attempt}" if attempt else "")
-    name = run + suffix
+    name = run_name + suffix
     if len(name) <= 63:
         return name
-    digest = hashlib.sha256(run.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(run_name.encode()).hexdigest()[:8]
     keep = 63 - len(suffix) - len(digest) - 1
-    return f"{run[:keep].rstrip('-')}-{digest}{suffix}"
+    return f"{run_name[:keep].rstrip('-')}-{digest}{suffix}"
 
 
 def run_dir(run: EvaRun) -> str:

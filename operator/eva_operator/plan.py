@@ -337,7 +337,7 @@ def failure_message(job: JobView, pods: list[PodView]) -> str:
 
 
 def plan(
-    run: dict[str, Any],
+    obj: dict[str, Any],
     jobs: list[dict[str, Any]],
     pods: list[dict[str, Any]],
     now: datetime,
@@ -351,10 +351,10 @@ def plan(
     ``events`` are the Kubernetes Events about the current step's Job (why its pods cannot
     be created); ``server`` says what the API server supports.
     """
-    old = run.get("status") or {}
+    old = obj.get("status") or {}
     status = copy.deepcopy(old)
     acts = Actions(status=status)
-    meta = run.get("metadata") or {}
+    meta = obj.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return acts
     ts = rfc3339(now)
@@ -366,7 +366,7 @@ def plan(
         status["observedGeneration"] = generation
     if status.get("phase") == cond.FAILED:
         return acts
-    er = _admitted(acts, run, defaults, server, ts, generation)
+    er = _admitted(acts, obj, defaults, server, ts, generation)
     if er is None:
         return acts
     if not status.get("phase"):
@@ -436,7 +436,7 @@ def plan(
             if attempt < rp.backoff_limit:
                 _retrying(acts, t, step, attempt, rp.backoff_limit, why)
                 # The next attempt starts in this same plan.
-                return _again(acts, run, status, jobs, pods, now, defaults, events, server)
+                return _again(acts, obj, status, jobs, pods, now, defaults, events, server)
             fail(
                 acts,
                 cond.BACKOFF_LIMIT_EXCEEDED,
@@ -457,7 +457,7 @@ def plan(
 
 def _admitted(
     acts: Actions,
-    run: dict[str, Any],
+    obj: dict[str, Any],
     defaults: StepDefaults | None,
     server: ServerFeatures | None,
     ts: str,
@@ -465,7 +465,7 @@ def _admitted(
 ) -> EvaRun | None:
     """The run's spec, parsed; None (and the run failed) where the operator cannot run it."""
     try:
-        er = parse_run({k: run.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
+        er = parse_run({k: obj.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
     except SpecError as exc:
         fail(acts, cond.INVALID_SPEC, "; ".join(exc.errors), ts, generation)
         return None
@@ -672,7 +672,7 @@ def current_job(status: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str,
 
 
 def next_wake(
-    run: dict[str, Any],
+    obj: dict[str, Any],
     status: dict[str, Any],
     jobs: list[dict[str, Any]],
     pods: list[dict[str, Any]],
@@ -683,7 +683,7 @@ def next_wake(
     if status.get("phase") not in (cond.RUNNING, cond.PENDING):
         return None
     try:
-        policy = RunPolicy.model_validate((run.get("spec") or {}).get("runPolicy") or {})
+        policy = RunPolicy.model_validate((obj.get("spec") or {}).get("runPolicy") or {})
     except ValueError:
         return None  # an invalid spec fails in the plan; nothing to wait for
     waits: list[float] = []
@@ -759,7 +759,7 @@ def _start_step(
 
 def _again(
     acts: Actions,
-    run: dict[str, Any],
+    obj: dict[str, Any],
     status: dict[str, Any],
     jobs: list[dict[str, Any]],
     pods: list[dict[str, Any]],
@@ -769,7 +769,7 @@ def _again(
     server: ServerFeatures | None,
 ) -> Actions:
     """Plan once more from the updated status and merge the answers (a retry starts now)."""
-    nxt = plan({**run, "status": status}, jobs, pods, now, defaults, events=events, server=server)
+    nxt = plan({**obj, "status": status}, jobs, pods, now, defaults, events=events, server=server)
     nxt.events[:0] = acts.events
     nxt.delete[:0] = acts.delete
     nxt.create[:0] = acts.create

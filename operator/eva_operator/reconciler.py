@@ -246,7 +246,7 @@ class Reconciler:
     async def _with_finished_pods(
         self,
         namespace: str,
-        run: dict[str, Any],
+        obj: dict[str, Any],
         jobs: list[dict[str, Any]],
         pods: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
@@ -254,7 +254,7 @@ class Reconciler:
 
         The pod watch may lag the Job watch by a moment; the API has the pods already.
         """
-        job = current_job(run.get("status") or {}, jobs)
+        job = current_job(obj.get("status") or {}, jobs)
         if job is None or observe_job(job).state not in ("succeeded", "failed"):
             return pods
         current = observe_job(job).name
@@ -271,12 +271,12 @@ class Reconciler:
     async def _events_of_podless_job(
         self,
         namespace: str,
-        run: dict[str, Any],
+        obj: dict[str, Any],
         jobs: list[dict[str, Any]],
         pods: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
         """The Events of the current Job while it has no pod: why the API refuses its pods."""
-        job = current_job(run.get("status") or {}, jobs)
+        job = current_job(obj.get("status") or {}, jobs)
         if job is None or observe_job(job).state != "active":
             return []
         current = observe_job(job).name
@@ -294,10 +294,10 @@ class Reconciler:
 
     # ------------------------------------------------------------------ MLflow
 
-    async def end_tracking(self, run: dict[str, Any], status: dict[str, Any], state: str) -> None:
+    async def end_tracking(self, obj: dict[str, Any], status: dict[str, Any], state: str) -> None:
         """End the run's MLflow parent run (FINISHED, FAILED or KILLED); never blocks for long."""
         run_id = status.get("mlflowRunId")
-        spec = run.get("spec") or {}
+        spec = obj.get("spec") or {}
         uri = ((spec.get("tracking") or {}).get("mlflow") or {}).get(
             "trackingUri"
         ) or self.mlflow_uri
@@ -313,7 +313,7 @@ class Reconciler:
                         r.request_info, (), status=r.status, message=await r.text()
                     )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            meta = run.get("metadata") or {}
+            meta = obj.get("metadata") or {}
             log.warning(
                 "MLflow run %s of %s/%s not ended: %s",
                 run_id,
