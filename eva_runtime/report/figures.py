@@ -18,11 +18,7 @@ if TYPE_CHECKING:
 
 
 FIG_W, FIG_H, DPI = 6.0, 3.5, 100
-
-
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
-
-
 _RC = {
     "axes.spines.top": False,
     "axes.spines.right": False,

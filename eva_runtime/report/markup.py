@@ -11,11 +11,7 @@ import numpy as np
 import pandas as pd
 
 TEXT_LIMIT = 280  # characters of a prompt shown in a table cell
-
-
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
 _CSS = """
 *{box-sizing:border-box}
 body{margin:0;background:#f3f5f8;color:#1f2328;

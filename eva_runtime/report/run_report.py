@@ -40,8 +40,6 @@ from eva_runtime.report.rundata import BASELINE_NOTE, _get, _is_dpo, _Run
 from eva_runtime.timing import STEP_PARTS
 
 EXAMPLE_PARENTS = 5  # example evolutions shown per iteration
-
-
 TOP_SEEDS = 25  # seed prompts shown in the descendants chart
 
 

@@ -22,13 +22,11 @@ from eva_runtime.solver.data import _conversational
 from eva_runtime.solver.settings import TrainResult, TrainSettings, settings_to_dict
 from eva_runtime.solver.trainer import _resolve_precision
 
-# Prefix of the stdout lines through which launched workers stream their log records
-# back to the parent; everything else on stdout is ordinary output.
 logger = logging.getLogger(__name__)
 
+# Prefix of the stdout lines through which launched workers stream their log records
+# back to the parent; everything else on stdout is ordinary output.
 LOG_MARKER = "EVA_TRAIN_LOG "
-
-
 _STDERR_TAIL_LINES = 60
 
 

@@ -9,15 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from eva_runtime.spec import LoraSpec, SolverSpec
 
 # The spec's defaults are the library's: one statement of each, in ``eva_runtime.spec``.
 _SOLVER = SolverSpec()
-
-
 _LORA = LoraSpec()
-
-
 # TrainSettings' names for the spec's solver fields where they differ.
 _SPEC_NAMES = {"num_processes": "processes"}
 
@@ -25,8 +23,6 @@ _SPEC_NAMES = {"num_processes": "processes"}
 def _check_against_spec(model: type[SolverSpec] | type[LoraSpec], owner: str, values: dict) -> None:
     """Validate ``values`` with the spec model that defines their bounds; a ValueError
     naming ``owner``'s field (a pydantic error would name the spec's)."""
-    from pydantic import ValidationError
-
     names = {v: k for k, v in _SPEC_NAMES.items()}
     try:
         model.model_validate(values)

@@ -28,11 +28,7 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
-
-
 _REFERENCE_FREE = frozenset({"simpo", "orpo"})
-
-
 _ONE_TRAINING = threading.Lock()
 
 

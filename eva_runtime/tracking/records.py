@@ -15,13 +15,8 @@ from typing import Any
 from eva_runtime.artifacts import SUCCESS, StepDir
 
 DIGEST_CHARS = 36  # mlflow.utils.validation.MAX_DATASET_DIGEST_SIZE
-
-
 MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
-
-
 MAX_KEY = 250  # MAX_ENTITY_KEY_LENGTH: metric and param names
-
 
 # Set for the duration of a sync, only where the user has not: see the module docstring.
 _HTTP_BOUNDS = {

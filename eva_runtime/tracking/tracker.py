@@ -41,19 +41,10 @@ if TYPE_CHECKING:
 
 
 STATE_FILE = "tracking.json"
-
-
 LOCK_FILE = ".tracking.lock"
-
-
 STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-
 NEWEST_ALIAS = "newest"
-
-
 LOCK_WAIT_S = 60.0
-
 
 # Counts that also make a curve over iterations on the parent run: (step, count) -> metric.
 _PARENT_METRICS = {
