@@ -171,6 +171,11 @@ class Reconciler:
                 self.forget(namespace, name)
                 return None
             raise
+        if (run.get("metadata") or {}).get("deletionTimestamp"):
+            # Going away: the deletion handler removes its Jobs; its series go now, and a
+            # poke from a Job it removes must not bring them back.
+            self.metrics.forget_run(namespace, name)
+            return None
         jobs = [dict(j) for j in self.jobs_of(namespace, name)]
         unseen = self._unseen.get((namespace, name), {})
         for seen in [str((j.get("metadata") or {}).get("name")) for j in jobs]:

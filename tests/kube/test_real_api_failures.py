@@ -112,6 +112,37 @@ async def test_a_stale_status_write_is_refused_with_409_and_planned_again(kenv) 
     assert [j["metadata"]["name"] for j in await kenv.jobs("tiny")] == ["tiny-i0-prepare"]
 
 
+async def test_a_run_being_deleted_is_not_planned_and_its_series_go(kenv) -> None:
+    """Between its deletion and its finalizer's release a run still exists: a poke then (a Job
+    the deletion removes) must neither plan it nor bring back the series of a deleted run."""
+    doc = kenv.manifest()
+    doc["metadata"]["finalizers"] = ["test.eva.dev/hold"]
+    await kenv.create(doc)
+    kube = Kube()
+    token = await kenv.api.token_for(NAMESPACE, RELEASE)
+    kube.set_connection(
+        kopf.ConnectionInfo(server=kenv.cp.url, ca_path=str(kenv.cp.ca_file), token=token)
+    )
+    metrics = OperatorMetrics()
+    rec = Reconciler(kube=kube, defaults=StepDefaults(claim_name=CLAIM), metrics=metrics)
+    try:
+        await rec.reconcile(kenv.namespace, "tiny")
+        phase = (await kenv.status())["phase"]
+        series = {"namespace": kenv.namespace, "run": "tiny", "phase": phase}
+        assert metrics.registry.get_sample_value("eva_operator_run_phase", series) == 1
+        await kenv.api.ok("DELETE", kenv.path("tiny"))
+        before = await kenv.run()
+        assert before and before["metadata"].get("deletionTimestamp")
+        assert await rec.reconcile(kenv.namespace, "tiny") is None
+        assert metrics.registry.get_sample_value("eva_operator_run_phase", series) is None
+        after = await kenv.run()
+        assert after and after["status"] == before["status"], "nothing written to a going run"
+    finally:
+        await rec.close()
+        await kube.close()
+        await kenv.api.ok("PATCH", kenv.path("tiny"), {"metadata": {"finalizers": None}})
+
+
 async def test_twenty_evaruns_at_once(kenv) -> None:
     await kenv.start_operator()
     names = [f"run-{i:02d}" for i in range(20)]
