@@ -91,6 +91,10 @@ class OpenAIGenerator:
         self, index: int, prompt: Prompt, params: SamplingParams, system: str | None
     ) -> list[Completion]:
         messages = chat_messages(prompt, system)
+        if params.temperature == 0:
+            # Greedy: the n samples are one reply. Asked once (some servers, vLLM's among
+            # them, refuse n > 1 with temperature 0, which says nothing of sampled requests).
+            return self._request(messages, params, 1, derive_seed(params.seed, index)) * params.n
         completions: list[Completion] = []
         if params.n > 1 and self.n_supported is not False:
             try:

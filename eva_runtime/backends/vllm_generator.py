@@ -64,13 +64,16 @@ class VLLMGenerator:
         if self._llm is None:
             raise RuntimeError("generate() after close()")
         greedy = params.temperature == 0
+        # vLLM refuses n > 1 with greedy decoding, whose n samples would be identical anyway:
+        # one is decoded and repeated.
+        per_prompt = 1 if greedy else params.n
         results: list[list[Completion]] = []
         for start in range(0, len(prompts), _CHUNK):
             chunk = prompts[start : start + _CHUNK]
             conversations = [chat_messages(p, system) for p in chunk]
             sampling = [
                 self._vllm.SamplingParams(
-                    n=params.n,
+                    n=per_prompt,
                     temperature=params.temperature,
                     top_p=1.0 if greedy else params.top_p,
                     max_tokens=params.max_new_tokens,
@@ -80,16 +83,15 @@ class VLLMGenerator:
             ]
             outputs = self._llm.chat(conversations, sampling_params=sampling, use_tqdm=False)
             for output in outputs:
-                results.append(
-                    [
-                        Completion(
-                            text=o.text,
-                            finish_reason="length" if o.finish_reason == "length" else "stop",
-                            num_tokens=len(o.token_ids),
-                        )
-                        for o in output.outputs
-                    ]
-                )
+                completions = [
+                    Completion(
+                        text=o.text,
+                        finish_reason="length" if o.finish_reason == "length" else "stop",
+                        num_tokens=len(o.token_ids),
+                    )
+                    for o in output.outputs
+                ]
+                results.append(completions * params.n if greedy else completions)
             if on_progress is not None:
                 on_progress(len(chunk))
         return results

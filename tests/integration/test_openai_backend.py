@@ -1,23 +1,14 @@
-"""The openai backend against a real OpenAI-compatible server: ``transformers serve``.
-
-The server is started as a subprocess on 127.0.0.1 and a free port, pinned to the tiny model
-folder (``transformers serve <folder>``, so a request names the model by that same path). It
-ignores ``n`` (one choice per response), which exercises the one-request-per-sample fallback.
+"""The openai backend against a real OpenAI-compatible server, ``transformers serve``
+(``tests/transformers_serve.py``): what is the openai backend's own (the fallback for a
+server that ignores ``n``, the server's errors) and the judges through it. What every backend
+promises is in ``test_generation_contract.py``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,87 +22,7 @@ from eva_runtime.backends import (
     make_generator,
 )
 from eva_runtime.backends.openai_generator import OpenAIGenerator
-from tiny_model import build_tiny_model
-
-STARTUP_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _transformers_cli() -> list[str]:
-    script = Path(sys.executable).with_name("transformers")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("transformers")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "transformers.cli.transformers"]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200 and json.load(response).get("status") == "ok"
-    except (OSError, urllib.error.URLError, ValueError):
-        return False
-
-
-@pytest.fixture(scope="module")
-def served_model(tmp_path_factory) -> Iterator[tuple[str, str]]:
-    """(base_url, model name) of a running server; the server is killed afterwards."""
-    folder = build_tiny_model(tmp_path_factory.mktemp("served") / "tiny")
-    # The server samples only when the model's generation config says so (as most chat
-    # checkpoints' configs do); without it every request would be greedy.
-    config_file = folder / "generation_config.json"
-    config = json.loads(config_file.read_text())
-    config["do_sample"] = True
-    config_file.write_text(json.dumps(config))
-
-    port = _free_port()
-    command = [
-        *_transformers_cli(),
-        "serve",
-        str(folder),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-    ]
-    log_path = folder.parent / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(f"http://127.0.0.1:{port}/health"):
-            if process.poll() is not None:
-                pytest.fail(
-                    f"`{' '.join(command)}` exited with {process.returncode}:\n"
-                    + log_path.read_text(errors="replace")[-3000:]
-                )
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"`{' '.join(command)}` not healthy after {STARTUP_TIMEOUT_S}s:\n"
-                    + log_path.read_text(errors="replace")[-3000:]
-                )
-            time.sleep(0.25)
-        yield f"http://127.0.0.1:{port}/v1", str(folder)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
+from transformers_serve import free_port
 
 
 def test_n_samples_per_prompt_with_a_server_that_ignores_n(served_model):
@@ -136,17 +47,17 @@ def test_n_samples_per_prompt_with_a_server_that_ignores_n(served_model):
     assert any(len({c.text for c in samples}) > 1 for samples in out)
 
 
-def test_greedy_reply_cut_at_max_tokens_maps_to_length(served_model):
+def test_greedy_asks_once_per_prompt_however_many_samples(served_model):
+    """Greedy samples are one reply: asked once, repeated. Asking for n > 1 would be refused
+    by servers that check it (vLLM: "n must be 1 when using greedy sampling") and would
+    mark n as unsupported for the sampled requests that follow."""
     base_url, model = served_model
-    gen = make_generator("openai", model, base_url=base_url, api_key="unused-locally")
-    params = SamplingParams(n=2, temperature=0.0, max_new_tokens=5)
-    out = gen.generate(["hi", "What is the capital of France?"], params, system="Be brief.")
+    gen = make_generator("openai", model, base_url=base_url)
+    assert isinstance(gen, OpenAIGenerator)
+    out = gen.generate(["hi", "there"], SamplingParams(n=3, temperature=0.0, max_new_tokens=3))
     gen.close()
-    # The tiny model's greedy continuation is a run of newlines that never reaches eos.
-    for samples in out:
-        assert [c.finish_reason for c in samples] == ["length", "length"]
-        assert [c.num_tokens for c in samples] == [5, 5]
-        assert samples[0].text == samples[1].text
+    assert [len(samples) for samples in out] == [3, 3]
+    assert gen.n_supported is None  # n > 1 was never asked for
 
 
 def test_wrong_model_name_is_reported_with_the_server(served_model):
@@ -158,7 +69,7 @@ def test_wrong_model_name_is_reported_with_the_server(served_model):
 
 
 def test_unreachable_server_is_a_clear_error():
-    base_url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    base_url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     gen = OpenAIGenerator("m", base_url=base_url, max_retries=1)
     started = time.monotonic()
     with pytest.raises(BackendError, match="cannot reach") as err:
