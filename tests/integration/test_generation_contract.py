@@ -2,7 +2,8 @@
 
 - ``transformers``: in this process, on the tiny random model, in batches of 2;
 - ``openai``: against a real OpenAI-compatible server, ``transformers serve`` on the tiny
-  model (``tests/transformers_serve.py``);
+  model (``tests/transformers_serve.py``), one request at a time (concurrency is the openai
+  backend's own test);
 - ``vllm``: on a CUDA GPU (marked ``gpu``), with ``EVA_TEST_VLLM_MODEL`` (default the hub's
   SmolLM2-135M-Instruct; a local folder where the hub is out of reach).
 
@@ -59,7 +60,10 @@ def _transformers(tiny_model: Path) -> Backend:
 
 def _openai(served: tuple[str, str]) -> Backend:
     base_url, model = served
-    gen = make_generator("openai", model, base_url=base_url, batch_size=4)
+    # One request in flight: transformers serve seeds one RNG for the whole server, so
+    # concurrent requests would draw from it in whatever order they interleave. (Servers
+    # that keep a generator per request, vLLM's, reproduce seeds at any concurrency.)
+    gen = make_generator("openai", model, base_url=base_url, batch_size=1)
     return Backend("openai", gen, batch_invariant=True, sample_tokens=6)
 
 
