@@ -83,15 +83,20 @@ class RacingKube(Kube):
         return data
 
 
-async def test_a_stale_status_write_is_refused_with_409_and_planned_again(kenv) -> None:
-    await kenv.create(kenv.manifest())
-    kube = RacingKube(kenv.api, run_path(kenv.namespace, "tiny"))
+async def operator_reconciler(kenv, kube: Kube) -> tuple[Reconciler, OperatorMetrics]:
+    """A Reconciler of our own on ``kube``, connected as the chart's operator account."""
     token = await kenv.api.token_for(NAMESPACE, RELEASE)
     kube.set_connection(
         kopf.ConnectionInfo(server=kenv.cp.url, ca_path=str(kenv.cp.ca_file), token=token)
     )
     metrics = OperatorMetrics()
-    rec = Reconciler(kube=kube, defaults=StepDefaults(claim_name=CLAIM), metrics=metrics)
+    return Reconciler(kube=kube, defaults=StepDefaults(claim_name=CLAIM), metrics=metrics), metrics
+
+
+async def test_a_stale_status_write_is_refused_with_409_and_planned_again(kenv) -> None:
+    await kenv.create(kenv.manifest())
+    kube = RacingKube(kenv.api, run_path(kenv.namespace, "tiny"))
+    rec, metrics = await operator_reconciler(kenv, kube)
     try:
         rec.poke(kenv.namespace, "tiny")
         status = await kenv.wait_phase("tiny", ("Running",), 30)
@@ -119,12 +124,7 @@ async def test_a_run_being_deleted_is_not_planned_and_its_series_go(kenv) -> Non
     doc["metadata"]["finalizers"] = ["test.eva.dev/hold"]
     await kenv.create(doc)
     kube = Kube()
-    token = await kenv.api.token_for(NAMESPACE, RELEASE)
-    kube.set_connection(
-        kopf.ConnectionInfo(server=kenv.cp.url, ca_path=str(kenv.cp.ca_file), token=token)
-    )
-    metrics = OperatorMetrics()
-    rec = Reconciler(kube=kube, defaults=StepDefaults(claim_name=CLAIM), metrics=metrics)
+    rec, metrics = await operator_reconciler(kenv, kube)
     try:
         await rec.reconcile(kenv.namespace, "tiny")
         phase = (await kenv.status())["phase"]
