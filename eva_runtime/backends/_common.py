@@ -6,7 +6,6 @@ Kept free of heavy imports: torch is only touched inside the functions that need
 from __future__ import annotations
 
 import gc
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -16,23 +15,12 @@ from eva_runtime.timing import timed
 __all__ = [
     "chat_messages",
     "check_finite",
-    "derive_seed",
     "free_torch_memory",
     "pick_device",
     "render_exchange",
     "render_prompt",
     "torch_dtype",
 ]
-
-
-def derive_seed(seed: int, *parts: int) -> int:
-    """A stable 31-bit seed for one unit of work (a batch, a prompt, a sample).
-
-    Hashing rather than adding keeps nearby (seed, index) pairs from colliding, and 31
-    bits fit every server's and library's idea of a seed.
-    """
-    raw = ",".join(str(int(p)) for p in (seed, *parts)).encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big") & 0x7FFFFFFF
 
 
 Conversation = Sequence[dict[str, str]]

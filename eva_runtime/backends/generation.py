@@ -13,8 +13,10 @@ import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
+from eva_runtime.seeds import derive_seed
+
 from ..spec import GenerationBackend
-from ._common import derive_seed, free_torch_memory, pick_device, render_prompt, torch_dtype
+from ._common import free_torch_memory, pick_device, render_prompt, torch_dtype
 from .protocol import BackendError, Completion, Generator, ProgressCallback, Prompt, SamplingParams
 
 __all__ = [

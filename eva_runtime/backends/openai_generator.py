@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from ._common import chat_messages, derive_seed
+from eva_runtime.seeds import derive_seed
+
+from ._common import chat_messages
 from .protocol import BackendError, Completion, ProgressCallback, Prompt, SamplingParams
 
 __all__ = ["OpenAIGenerator"]

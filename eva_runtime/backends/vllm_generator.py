@@ -11,7 +11,9 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from ._common import chat_messages, derive_seed, free_torch_memory
+from eva_runtime.seeds import derive_seed
+
+from ._common import chat_messages, free_torch_memory
 from .protocol import Completion, ProgressCallback, Prompt, SamplingParams
 
 __all__ = ["VLLMGenerator"]

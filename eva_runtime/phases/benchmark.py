@@ -18,8 +18,9 @@ from typing import Any
 
 from eva_runtime.errors import StepError
 from eva_runtime.metrics import current as current_metrics
-from eva_runtime.phases.context import Context, derive_seed
+from eva_runtime.phases.context import Context
 from eva_runtime.progress import note
+from eva_runtime.seeds import derive_seed
 from eva_runtime.spec import BenchmarkSpec
 from eva_runtime.status import bench_key
 

@@ -6,7 +6,6 @@ algorithm. Heavy libraries are imported inside the backends, never at module imp
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +32,6 @@ ROLLOUT_COLUMNS = (
 )
 # Pairwise rewards add this column: per response, P(it beats sample j of its prompt).
 PREFERENCES_COLUMN = "preferences"
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A seed for one random choice, derived from the run's seed and where it is made."""
-    key = ":".join([str(seed), *map(str, parts)]).encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") & 0x7FFFFFFF
 
 
 @dataclass

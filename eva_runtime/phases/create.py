@@ -32,8 +32,9 @@ from eva_runtime.creator.evolve import (
     prompt_id,
 )
 from eva_runtime.metrics import current as current_metrics
-from eva_runtime.phases.context import Context, derive_seed, quantiles, reward_matrix
+from eva_runtime.phases.context import Context, quantiles, reward_matrix
 from eva_runtime.progress import note, task, warn
+from eva_runtime.seeds import derive_seed
 from eva_runtime.solver.pairs import preference_pairs
 from eva_runtime.timing import timed
 

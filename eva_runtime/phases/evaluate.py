@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 
 from eva_runtime.artifacts import write_parquet
-from eva_runtime.phases.context import Context, derive_seed
+from eva_runtime.phases.context import Context
 from eva_runtime.phases.generate import generate_and_score
 from eva_runtime.progress import note, task
+from eva_runtime.seeds import derive_seed
 from eva_runtime.status import HEAD_TO_HEAD
 from eva_runtime.timing import timed
 

@@ -20,10 +20,10 @@ from eva_runtime.phases.context import (
     PREFERENCES_COLUMN,
     ROLLOUT_COLUMNS,
     Context,
-    derive_seed,
     finalize_sharded,
 )
 from eva_runtime.progress import note, task
+from eva_runtime.seeds import derive_seed
 from eva_runtime.timing import timed
 
 if TYPE_CHECKING:

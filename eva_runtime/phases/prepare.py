@@ -8,9 +8,10 @@ import pandas as pd
 
 from eva_runtime.artifacts import write_parquet
 from eva_runtime.errors import InputError
-from eva_runtime.phases.context import Context, derive_seed
+from eva_runtime.phases.context import Context
 from eva_runtime.progress import note
 from eva_runtime.prompts import load_prompts
+from eva_runtime.seeds import derive_seed
 
 
 def run_prepare(ctx: Context) -> dict:

@@ -22,6 +22,7 @@ from eva_runtime.errors import StepError
 from eva_runtime.metrics import current as current_metrics
 from eva_runtime.phases.context import Context, reward_matrix
 from eva_runtime.progress import note, task, warn
+from eva_runtime.seeds import derive_seed
 from eva_runtime.solver.pairs import preference_pairs, win_probabilities
 from eva_runtime.timing import timed
 
@@ -65,7 +66,6 @@ def pairs_from(
 
 
 def train_settings(ctx: Context, num_pairs: int, iteration: int) -> TrainSettings:
-    from eva_runtime.phases.context import derive_seed
     from eva_runtime.solver.settings import LoraSettings, TrainSettings
 
     s = ctx.spec.solver
