@@ -5,7 +5,8 @@ evolver, a batch of generations, a request to a server, training) is seeded by
 ``derive_seed(seed, *where)``. Hashing rather than adding keeps nearby ``(seed, index)``
 pairs from colliding, and 31 bits fit every server's and library's idea of a seed. The
 values are pinned by ``tests/unit/test_seeds.py``: changing this function changes every
-run's samples, so it is a change of file format, not a refactor.
+sample a run draws (and so every figure measured from one), so it is a change of behaviour,
+not a refactor.
 """
 
 from __future__ import annotations
