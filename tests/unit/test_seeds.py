@@ -66,4 +66,5 @@ def test_derive_seed_has_one_definition():
         and "seed" in node.name
         and node.name.startswith("derive")
     ]
-    assert defs == ["eva_runtime/seeds.py:18"], defs
+    assert len(defs) == 1, defs
+    assert defs[0].startswith("eva_runtime/seeds.py:"), defs
